@@ -1,1 +1,11 @@
-//! placeholder
+//! Mixdown's test kit: the real parts that integration tests run against.
+//!
+//! - [`cluster`]: a local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager)
+//!   started once per test binary, with a fresh namespace per test.
+//! - [`pods`]: a pod runner that plays the kubelet, so the real Job controller retries, enforces
+//!   deadlines and garbage-collects.
+//! - [`s3`]: an embedded S3-compatible server that checks signatures like R2 does.
+
+pub mod cluster;
+pub mod pods;
+pub mod s3;
