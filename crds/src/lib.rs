@@ -1,1 +1,344 @@
-//! placeholder
+//! The `RecordingJob` custom resource (`mixdown.dev/v1alpha1`) and the names Mixdown's components share.
+//!
+//! The API writes the spec, the operator turns it into a Job and writes the status, and the worker
+//! reads the [`WorkerJob`] the operator derives from the spec and answers with a [`WorkerReport`].
+//! The CRD YAML in `crds/recordingjob.yaml` is generated from these types (`cargo xtask crdgen`).
+#![forbid(unsafe_code)]
+
+pub mod names;
+mod naming;
+mod report;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use naming::{is_valid_id, recording_job_name};
+pub use report::{WorkerJob, WorkerReport};
+
+/// What ids (`roomId`, `recordingId`, `participantId`) may look like: safe in object keys, URLs
+/// and label values.
+pub const ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
+/// Object key prefixes: `/`-separated segments of id characters, no `..`, no leading `/`.
+pub const PREFIX_PATTERN: &str = "^([A-Za-z0-9_=-]+/)*[A-Za-z0-9_=-]+/?$";
+/// Most participants one recording may have.
+pub const MAX_TRACKS: usize = 32;
+
+/// A request to turn one recording's uploaded chunks into finished files.
+///
+/// Created by the Mixdown API when a recording stops; reconciled by the Mixdown operator into a
+/// Kubernetes Job that runs the worker.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "mixdown.dev",
+    version = "v1alpha1",
+    kind = "RecordingJob",
+    namespaced,
+    plural = "recordingjobs",
+    shortname = "rj",
+    category = "mixdown",
+    status = "RecordingJobStatus",
+    derive = "PartialEq",
+    doc = "A request to turn one recording's uploaded chunks into finished files. Created by the Mixdown API when a recording stops; the Mixdown operator runs it as a Kubernetes Job and reports progress and results in its status.",
+    printcolumn(
+        name = "Room",
+        type_ = "string",
+        description = "Room of the recording",
+        json_path = ".spec.roomId"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        description = "Where processing is",
+        json_path = ".status.phase"
+    ),
+    printcolumn(
+        name = "Progress",
+        type_ = "integer",
+        description = "Percentage of the input processed",
+        json_path = ".status.progress"
+    ),
+    printcolumn(
+        name = "Attempts",
+        type_ = "integer",
+        description = "Worker Pods started so far",
+        json_path = ".status.attempts"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingJobSpec {
+    /// Room the recording was made in. Letters, digits, `_` and `-`, at most 64.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
+    pub room_id: String,
+
+    /// Id of the recording within the room. Letters, digits, `_` and `-`, at most 64. The
+    /// RecordingJob's name is derived from it, so stopping a recording twice creates one job.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
+    pub recording_id: String,
+
+    /// One track per participant: where its chunks are and how many the client confirmed.
+    /// Between 1 and 32 tracks.
+    #[schemars(length(min = 1, max = 32))]
+    pub tracks: Vec<Track>,
+
+    /// Where the finished files go and in which format.
+    pub output: Output,
+
+    /// What happens to the chunks once every output is verified.
+    #[serde(default)]
+    pub cleanup: Cleanup,
+
+    /// Retries of transient failures (storage outages, evicted Pods) before the job fails.
+    /// Bad input (a missing or unreadable chunk) is never retried. 0 to 10, default 3.
+    #[serde(default = "default_backoff_limit")]
+    #[schemars(range(min = 0, max = 10))]
+    pub backoff_limit: i32,
+
+    /// Longest time, in seconds, processing may take across all attempts before it fails with
+    /// DeadlineExceeded. 1 to 86400, default 3600.
+    #[serde(default = "default_active_deadline_seconds")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub active_deadline_seconds: i64,
+
+    /// When set, the RecordingJob (and so its Job and Pods) is deleted this many seconds after it
+    /// succeeded or failed. Unset keeps it until someone deletes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i32>,
+
+    /// CPU and memory for the worker container. Unset uses the operator's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Node labels the worker Pod must run on (for example nodes with fast CPUs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+
+    /// Taints the worker Pod tolerates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+
+    /// PriorityClass of the worker Pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+/// One participant's recording.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Track {
+    /// The participant who recorded this track. Letters, digits, `_` and `-`, at most 64; names
+    /// the output file.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
+    pub participant_id: String,
+
+    /// Where this track's chunks are in the bucket.
+    pub source: TrackSource,
+}
+
+/// Where a track's chunks are.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackSource {
+    /// Key prefix of the chunks, e.g. `riverside/chunks/{room}/{recording}/{participant}/`.
+    /// Chunks below it are named by sequence number (`00000000.webm`, `00000001.webm`, ...).
+    #[schemars(
+        regex(pattern = r"^([A-Za-z0-9_=-]+/)*[A-Za-z0-9_=-]+/?$"),
+        length(max = 512)
+    )]
+    pub prefix: String,
+
+    /// Number of chunks the client confirmed. The worker fails, without retrying, when storage
+    /// holds a different number or a sequence number is missing.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub chunk_count: u32,
+}
+
+/// Where the finished files go.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Output {
+    /// Key prefix of the finished files, e.g. `riverside/processed/{room}/{recording}/`; each
+    /// track becomes `{prefix}{participantId}.{ext}`.
+    #[schemars(
+        regex(pattern = r"^([A-Za-z0-9_=-]+/)*[A-Za-z0-9_=-]+/?$"),
+        length(max = 512)
+    )]
+    pub prefix: String,
+
+    /// Format of the finished files: `mp4` (H.264 and AAC, index at the front so it plays while
+    /// downloading; the default), `webm` (the recorded streams copied, no re-encoding) or `audio`
+    /// (audio only).
+    #[serde(default)]
+    pub profile: Profile,
+}
+
+/// Format of the finished files.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// H.264 video and AAC audio in MP4 with the index at the front.
+    #[default]
+    Mp4,
+    /// The recorded streams copied into WebM, no re-encoding.
+    Webm,
+    /// Audio only.
+    Audio,
+}
+
+impl Profile {
+    /// File extension of this profile's outputs.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Profile::Mp4 => "mp4",
+            Profile::Webm => "webm",
+            Profile::Audio => "m4a",
+        }
+    }
+}
+
+/// What happens to the chunks after processing.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Cleanup {
+    /// Delete the chunks once every output is uploaded and verified (default true). Chunks are
+    /// never deleted when processing fails.
+    #[serde(default = "default_true")]
+    pub delete_chunks: bool,
+}
+
+impl Default for Cleanup {
+    fn default() -> Self {
+        Cleanup {
+            delete_chunks: true,
+        }
+    }
+}
+
+/// What the operator observes of the RecordingJob's processing, rebuilt from the Job and its Pods
+/// each time; `progress` is the worker's own.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingJobStatus {
+    /// Where processing is: Pending, Queued (over the concurrency limit), Running, Succeeded or
+    /// Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// Latest observations, one per type: Queued, Running, Complete, Failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// Name of the Job that processes the recording.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+
+    /// Worker Pods started so far, retries included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i32>,
+
+    /// When the Job started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+
+    /// When processing succeeded or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+
+    /// Percentage (0 to 100) of the input the current attempt has processed; written by the worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub progress: Option<i32>,
+
+    /// The finished files, once processing succeeded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<RecordingOutput>,
+
+    /// Machine-readable reason of the last failure (for example MissingChunk, DeadlineExceeded,
+    /// BackoffLimitExceeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+
+    /// Human-readable explanation of the last failure, in the worker's own words where it gave any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+
+    /// The `metadata.generation` this status was derived from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Where processing is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Phase {
+    /// Accepted; the Job is being created.
+    Pending,
+    /// Waiting for a free slot under the operator's concurrency limit.
+    Queued,
+    /// A worker is processing the recording.
+    Running,
+    /// Every output was written and verified.
+    Succeeded,
+    /// Processing ended without a result; see `reason` and `message`.
+    Failed,
+}
+
+impl Phase {
+    /// Succeeded and Failed are final: nothing more will happen.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Queued => "Queued",
+            Phase::Running => "Running",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+/// One finished file.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordingOutput {
+    /// The participant whose track this is.
+    pub participant_id: String,
+    /// Object key of the file in the bucket.
+    pub key: String,
+    /// Size of the file in bytes, as stored.
+    pub size_bytes: i64,
+    /// Playing time of the file in seconds, as measured after upload.
+    pub duration_seconds: f64,
+}
+
+fn default_backoff_limit() -> i32 {
+    3
+}
+
+fn default_active_deadline_seconds() -> i64 {
+    3600
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The CustomResourceDefinition as committed in `crds/recordingjob.yaml`.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let crd = serde_yaml::to_string(&RecordingJob::crd()).expect("a CRD always serializes to YAML");
+    format!("# Generated from crds/src/lib.rs by `cargo xtask crdgen`; do not edit.\n{crd}")
+}
