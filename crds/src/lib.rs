@@ -32,6 +32,8 @@ pub const MAX_TRACKS: usize = 32;
 ///
 /// Created by the Mixdown API when a recording stops; reconciled by the Mixdown operator into a
 /// Kubernetes Job that runs the worker.
+// Printer columns repeat `type_ = "integer"`, which clippy mistakes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "mixdown.dev",
