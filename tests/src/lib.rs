@@ -4,8 +4,10 @@
 //!   started once per test binary, with a fresh namespace per test.
 //! - [`pods`]: a pod runner that plays the kubelet, so the real Job controller retries, enforces
 //!   deadlines and garbage-collects.
+//! - [`bins`]: Mixdown's own binaries, built with cargo, for tests that run them as processes.
 //! - [`s3`]: an embedded S3-compatible server that checks signatures like R2 does.
 
+pub mod bins;
 pub mod cluster;
 pub mod pods;
 pub mod s3;
