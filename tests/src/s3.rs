@@ -1,1 +1,357 @@
-//! (being written)
+//! An S3-compatible server on loopback that checks signatures and presigned URLs like R2 does.
+//!
+//! [`S3Server`] serves `s3s-fs` (objects as files in a directory) behind `s3s`, which verifies
+//! SigV4 headers, presigned URLs and their expiry. Around it: CORS for browsers, a request log by
+//! S3 operation, and injected outages. Addressing is path-style (`{endpoint}/{bucket}/{key}`).
+//!
+//! The server runs on a thread and Tokio runtime of its own, so it keeps serving while the test
+//! that started it blocks (on a subprocess, say), and it may outlive the test runtime that
+//! started it. Dropping the [`S3Server`] stops it and, for a temporary directory, removes it.
+//!
+//! Not implemented by `s3s-fs`: ListMultipartUploads (use [`S3Server::incomplete_uploads`]) and the
+//! bucket CORS API (CORS is always on, as configured on a production R2 bucket for the studio).
+
+mod faults;
+mod storage;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use http::{HeaderName, Method, header};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::auth::SimpleAuth;
+use s3s::service::S3ServiceBuilder;
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
+use tower::Layer;
+use tower_http::cors::{AllowHeaders, Any, CorsLayer};
+
+pub use faults::RequestRecord;
+
+/// The region the server advertises. `s3s` takes the region from each request's credential scope
+/// and does not compare it with anything, so clients may sign with any region, R2's `auto`
+/// included.
+pub const REGION: &str = "us-east-1";
+
+/// How to start an [`S3Server`]; the default is what tests want.
+#[derive(Debug, Clone)]
+pub struct S3ServerOptions {
+    /// Storage directory, created if missing and kept when the server stops. `None`: a fresh
+    /// temporary directory, removed when the server stops.
+    pub dir: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free one. Default `127.0.0.1:0`.
+    pub listen: SocketAddr,
+    /// The only access key and secret key accepted. `None`: random ones.
+    pub credentials: Option<(String, String)>,
+}
+
+impl Default for S3ServerOptions {
+    fn default() -> Self {
+        S3ServerOptions {
+            dir: None,
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            credentials: None,
+        }
+    }
+}
+
+/// A running S3-compatible server. See the [module documentation](self).
+pub struct S3Server {
+    endpoint: String,
+    access_key: String,
+    secret_key: String,
+    root: PathBuf,
+    faults: Arc<faults::Faults>,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    /// Declared last so that it is removed after the server thread has stopped writing into it.
+    _temp_dir: Option<tempfile::TempDir>,
+}
+
+impl S3Server {
+    /// Starts a server over a fresh temporary directory on a free loopback port, with random
+    /// credentials.
+    pub async fn start() -> anyhow::Result<S3Server> {
+        S3Server::start_with(S3ServerOptions::default()).await
+    }
+
+    /// Starts a server as `options` say.
+    pub async fn start_with(options: S3ServerOptions) -> anyhow::Result<S3Server> {
+        let (root, temp_dir) = match options.dir {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                (dir, None)
+            }
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("mixdown-s3-")
+                    .tempdir()
+                    .context("creating a temporary directory")?;
+                (temp.path().to_owned(), Some(temp))
+            }
+        };
+        let (access_key, secret_key) = options.credentials.unwrap_or_else(|| {
+            (
+                format!("MIXDOWN{}", uuid::Uuid::new_v4().simple()).to_uppercase(),
+                uuid::Uuid::new_v4().simple().to_string(),
+            )
+        });
+
+        let fs = s3s_fs::FileSystem::new(&root)
+            .map_err(|err| anyhow!("opening storage at {}: {err:?}", root.display()))?;
+        let mut builder = S3ServiceBuilder::new(fs);
+        builder.set_auth(SimpleAuth::from_single(
+            access_key.clone(),
+            secret_key.clone(),
+        ));
+        builder.set_access(faults::RecordOperation);
+        let service = cors().layer(builder.build());
+
+        let listener = std::net::TcpListener::bind(options.listen)
+            .with_context(|| format!("listening on {}", options.listen))?;
+        listener.set_nonblocking(true)?;
+        let mut addr = listener.local_addr()?;
+        if addr.ip().is_unspecified() {
+            // Listening everywhere; clients on this machine still come in over loopback.
+            addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let faults = Arc::new(faults::Faults::default());
+        let (shutdown, shutdown_rx) = oneshot::channel();
+        let thread = std::thread::Builder::new()
+            .name("mixdown-s3".into())
+            .spawn({
+                let faults = faults.clone();
+                move || {
+                    runtime.block_on(serve(listener, service, faults, shutdown_rx));
+                    // Requests still in flight are cancelled; give their blocking file operations a
+                    // moment so the directory can be removed cleanly afterwards.
+                    runtime.shutdown_timeout(Duration::from_secs(5));
+                }
+            })?;
+
+        Ok(S3Server {
+            endpoint: format!("http://{addr}"),
+            access_key,
+            secret_key,
+            root,
+            faults,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+            _temp_dir: temp_dir,
+        })
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:38211`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The region to sign with; see [`REGION`].
+    pub fn region(&self) -> &str {
+        REGION
+    }
+
+    pub fn access_key(&self) -> &str {
+        &self.access_key
+    }
+
+    pub fn secret_key(&self) -> &str {
+        &self.secret_key
+    }
+
+    /// The storage directory: one subdirectory per bucket, one file per object.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates a fresh bucket with a unique name and returns the name.
+    ///
+    /// The bucket is made directly in storage, so this works during an injected outage too and
+    /// does not show in the request log.
+    ///
+    /// # Panics
+    /// If the bucket directory cannot be created.
+    pub async fn create_bucket(&self) -> String {
+        let name = format!("test-{}", uuid::Uuid::new_v4().simple());
+        self.ensure_bucket(&name)
+            .unwrap_or_else(|err| panic!("{err:#}"));
+        name
+    }
+
+    /// Creates bucket `name` unless it exists.
+    pub fn ensure_bucket(&self, name: &str) -> anyhow::Result<()> {
+        storage::ensure_bucket(&self.root, name)
+    }
+
+    /// A client for this server: its endpoint, credentials and region, path-style addressing.
+    pub fn client(&self) -> aws_sdk_s3::Client {
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(Region::new(REGION))
+            .credentials_provider(Credentials::new(
+                &self.access_key,
+                &self.secret_key,
+                None,
+                None,
+                "mixdown-testkit",
+            ))
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    /// The environment a subprocess needs to use `bucket` on this server: the AWS SDK's standard
+    /// variables and Mixdown's own.
+    pub fn env(&self, bucket: &str) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", self.access_key.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", &self.secret_key),
+            ("AWS_REGION", REGION),
+            ("AWS_ENDPOINT_URL", &self.endpoint),
+            ("MIXDOWN_S3_ENDPOINT", &self.endpoint),
+            ("MIXDOWN_S3_REGION", REGION),
+            ("MIXDOWN_S3_BUCKET", bucket),
+            ("MIXDOWN_S3_PATH_STYLE", "true"),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
+    }
+
+    /// Object keys of the multipart uploads in `bucket` that were created and neither completed
+    /// nor aborted, sorted, one entry per upload. What ListMultipartUploads would answer.
+    ///
+    /// # Panics
+    /// If the storage directory cannot be read.
+    pub fn incomplete_uploads(&self, bucket: &str) -> Vec<String> {
+        storage::incomplete_uploads(&self.root, bucket).unwrap_or_else(|err| panic!("{err:#}"))
+    }
+
+    /// Storage goes away after `parts` more UploadPart requests have succeeded (at once for 0),
+    /// for `duration`, then comes back. Replaces an outage armed before.
+    ///
+    /// While away, every request, on new and kept-alive connections alike, has its connection
+    /// closed without a response. That is what clients see when R2 becomes unreachable (a network
+    /// failure, an edge dropping connections), and it is the harder case for them: no status
+    /// code, no error document, perhaps half a request body sent. The AWS SDK treats it as a
+    /// transient I/O error and retries it, as it would a 503. Requests already being served when
+    /// the outage begins finish normally.
+    pub fn outage_after_upload_parts(&self, parts: usize, duration: Duration) {
+        self.faults.outage_after_upload_parts(parts, duration);
+    }
+
+    /// `false`: storage goes away (as in [`S3Server::outage_after_upload_parts`]) until
+    /// `set_available(true)`, which also ends or cancels any timed outage.
+    pub fn set_available(&self, available: bool) {
+        self.faults.set_available(available);
+    }
+
+    /// Every request received so far, in order.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.faults.requests()
+    }
+
+    /// How many requests were routed to the S3 operation `operation` (e.g. `"UploadPart"`,
+    /// `"DeleteObjects"`, `"PutObject"`), whatever their outcome.
+    pub fn request_count(&self, operation: &str) -> usize {
+        self.faults
+            .requests()
+            .iter()
+            .filter(|r| r.operation.as_deref() == Some(operation))
+            .count()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for S3Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Server")
+            .field("endpoint", &self.endpoint)
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a browser uploading chunks from the studio page needs: any origin, the methods of
+/// presigned uploads and downloads, whatever request headers it asks for (content-type,
+/// `x-amz-*`), and the ETag readable by scripts (multipart uploads need it).
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([
+            Method::GET,
+            Method::PUT,
+            Method::HEAD,
+            Method::POST,
+            Method::DELETE,
+        ])
+        .allow_headers(AllowHeaders::mirror_request())
+        .expose_headers([header::ETAG, HeaderName::from_static("x-amz-version-id")])
+        .max_age(Duration::from_secs(3600))
+}
+
+/// Accepts connections until `shutdown`; connections still open then are dropped.
+async fn serve(
+    listener: std::net::TcpListener,
+    service: faults::Inner,
+    faults: Arc<faults::Faults>,
+    mut shutdown: oneshot::Receiver<()>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(%err, "cannot serve S3");
+            return;
+        }
+    };
+    let http = ConnBuilder::new(TokioExecutor::new());
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let socket = match accepted {
+                    Ok((socket, _)) => socket,
+                    Err(err) => {
+                        // Out of file descriptors, typically: wait instead of spinning.
+                        tracing::warn!(%err, "accepting an S3 connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // Small responses (ETags, HEADs) would otherwise wait on delayed ACKs.
+                let _ = socket.set_nodelay(true);
+                let service = service.clone();
+                let faults = faults.clone();
+                let handler = hyper::service::service_fn(move |req| faults::handle(faults.clone(), service.clone(), req));
+                let http = http.clone();
+                connections.spawn(async move {
+                    // Errors here are clients going away and injected outages: nothing to report.
+                    let _ = http.serve_connection(TokioIo::new(socket), handler).await;
+                });
+            }
+        }
+    }
+}

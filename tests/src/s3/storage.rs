@@ -1,0 +1,70 @@
+//! What the test kit reads and writes directly in the storage directory of `s3s-fs`.
+//!
+//! `s3s-fs` keeps a bucket as a directory under its root and an object as a file in it. Its
+//! bookkeeping lives in dot-files at the root:
+//! - `.upload-{uploadId}.json`: an open multipart upload (removed by Complete and Abort);
+//! - `.bucket-{b64(bucket)}.object-{b64(key)}.upload-{uploadId}.metadata.json`: the attributes
+//!   given to CreateMultipartUpload, the only place that ties an upload to its bucket and key;
+//! - `.upload_id-{uploadId}.part-{n}`: the uploaded parts.
+//!
+//! `b64` is unpadded URL-safe base64. The layout is that of the pinned `s3s-fs` version; the
+//! integration tests notice if it changes.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+
+/// Creates the directory of bucket `name` (nothing happens if it exists) after checking the name
+/// follows the S3 rules, so that it can neither leave the root nor be refused later by clients.
+pub(crate) fn ensure_bucket(root: &Path, name: &str) -> anyhow::Result<()> {
+    let valid_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let valid_ends = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !(3..=63).contains(&name.len()) || !valid_chars || !valid_ends || name.contains("..") {
+        bail!(
+            "invalid bucket name {name:?}: 3 to 63 of a-z, 0-9, '-' and '.', starting and ending with a letter or digit"
+        );
+    }
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating bucket directory {}", dir.display()))
+}
+
+/// Keys of the multipart uploads in `bucket` that were created and neither completed nor
+/// aborted, sorted; a key appears once per open upload.
+pub(crate) fn incomplete_uploads(root: &Path, bucket: &str) -> anyhow::Result<Vec<String>> {
+    let bucket_prefix = format!(
+        ".bucket-{}.object-",
+        base64_simd::URL_SAFE_NO_PAD.encode_to_string(bucket)
+    );
+    let mut keys = Vec::new();
+    for entry in std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name.strip_prefix(&bucket_prefix) else {
+            continue;
+        };
+        let Some(rest) = rest.strip_suffix(".metadata.json") else {
+            continue;
+        };
+        // Attributes of a finished object have no `.upload-` part; base64 never contains a '.'.
+        let Some((encoded_key, upload_id)) = rest.split_once(".upload-") else {
+            continue;
+        };
+        // Complete removes the upload file before it moves the attributes, so an upload whose
+        // attributes are still there but whose upload file is gone is being completed right now.
+        if !root.join(format!(".upload-{upload_id}.json")).exists() {
+            continue;
+        }
+        let key = base64_simd::URL_SAFE_NO_PAD
+            .decode_to_vec(encoded_key)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .with_context(|| format!("unexpected upload metadata file name {name:?}"))?;
+        keys.push(key);
+    }
+    keys.sort();
+    Ok(keys)
+}
