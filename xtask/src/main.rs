@@ -2,28 +2,45 @@
 //!
 //! - `crdgen`: writes the RecordingJob CRD generated from `crds/src` into `crds/recordingjob.yaml`
 //!   and, once the chart exists, `charts/mixdown/crds/recordingjob.yaml`.
+//! - `test`: the whole test suite as CI runs it: prerequisites checked (loudly), formatting,
+//!   clippy, the worker image, then every unit and integration test.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(about = "Mixdown developer commands")]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Cmd,
 }
 
 #[derive(Subcommand)]
-enum Command {
+enum Cmd {
     /// Regenerate the RecordingJob CRD YAML from the Rust types.
     Crdgen,
+    /// Run every check and test: fmt, clippy, the worker image build, and `cargo test --workspace`.
+    Test {
+        /// Skip building the worker image with podman (its test then fails, naming the cause).
+        #[arg(long)]
+        skip_image: bool,
+        /// Extra arguments for `cargo test`, after `--` (e.g. a test name filter).
+        #[arg(last = true)]
+        cargo_test_args: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
+    let root = workspace_root();
     match Cli::parse().command {
-        Command::Crdgen => crdgen(&workspace_root()),
+        Cmd::Crdgen => crdgen(&root),
+        Cmd::Test {
+            skip_image,
+            cargo_test_args,
+        } => test(&root, skip_image, &cargo_test_args),
     }
 }
 
@@ -48,4 +65,107 @@ fn crdgen(root: &Path) -> anyhow::Result<()> {
         println!("wrote {}", target.display());
     }
     Ok(())
+}
+
+/// Programs the integration tests run, and where they come from on Debian.
+const PREREQUISITES: &[(&str, &str)] = &[
+    ("ffmpeg", "apt-get install ffmpeg"),
+    ("ffprobe", "apt-get install ffmpeg"),
+    ("etcd", "apt-get install etcd-server"),
+    ("kubectl", "apt-get install kubernetes-client"),
+    ("podman", "apt-get install podman runc"),
+    ("runc", "apt-get install runc"),
+];
+
+fn test(root: &Path, skip_image: bool, cargo_test_args: &[String]) -> anyhow::Result<()> {
+    let missing: Vec<String> = PREREQUISITES
+        .iter()
+        .filter(|(program, _)| !on_path(program))
+        .map(|(program, install)| format!("  {program}: {install}"))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "the tests need programs that are not installed:\n{}\n(`bash .ci/run` installs them all on Debian)",
+            missing.join("\n")
+        );
+    }
+
+    let mut sh = Shell {
+        root: root.to_path_buf(),
+        env: Vec::new(),
+    };
+    if std::env::var_os("KUBEBUILDER_ASSETS").is_none() {
+        let output = sh
+            .capture(sh.cmd("bash").arg("tests/envtest/setup.sh"))
+            .context("preparing KUBEBUILDER_ASSETS with tests/envtest/setup.sh")?;
+        let assets = output.lines().last().unwrap_or_default().trim().to_string();
+        println!("xtask: KUBEBUILDER_ASSETS={assets}");
+        sh.env.push(("KUBEBUILDER_ASSETS".into(), assets));
+    }
+
+    sh.run(sh.cmd("cargo").args(["fmt", "--all", "--check"]))
+        .context("formatting differs: run `cargo fmt --all`")?;
+    sh.run(sh.cmd("cargo").args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context("clippy found problems")?;
+    if !skip_image {
+        sh.run(sh.cmd("bash").arg("ffmpeg-image/build.sh"))
+            .context("building the worker image")?;
+    }
+    sh.run(
+        sh.cmd("cargo")
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .args(cargo_test_args),
+    )
+    .context("tests failed")?;
+    println!("xtask: every check and test passed");
+    Ok(())
+}
+
+/// Runs commands from the workspace root with the environment the tests need.
+struct Shell {
+    root: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Shell {
+    fn cmd(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        command
+            .current_dir(&self.root)
+            .envs(self.env.iter().cloned());
+        command
+    }
+
+    fn run(&self, command: &mut Command) -> anyhow::Result<()> {
+        let status = command
+            .status()
+            .with_context(|| format!("starting {command:?}"))?;
+        if !status.success() {
+            bail!("{command:?} exited with {status}");
+        }
+        Ok(())
+    }
+
+    fn capture(&self, command: &mut Command) -> anyhow::Result<String> {
+        let output = command
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("starting {command:?}"))?;
+        if !output.status.success() {
+            bail!("{command:?} exited with {}", output.status);
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
