@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# Builds the Mixdown worker image (ffmpeg-image/Dockerfile) with podman, without any registry.
+#
+#   ffmpeg-image/build.sh                  cargo build --release, base image if missing, image
+#   ffmpeg-image/build.sh --skip-cargo     reuse target/release/mixdown-worker as it is
+#   ffmpeg-image/build.sh --rebuild-base   debootstrap the base image again (e.g. for updates)
+#   ffmpeg-image/build.sh --print-run-flags
+#                                          print the podman flags the image test runs it with
+#
+# Environment:
+#   IMAGE          tag to build            (default localhost/mixdown-worker:dev)
+#   BASE_IMAGE     base image to build on  (default localhost/debian:bookworm-slim, made here)
+#   DEBIAN_MIRROR  where debootstrap and apt fetch packages (default http://deb.debian.org/debian)
+#   CONTAINERS_CONF  podman settings       (default ffmpeg-image/podman/containers.conf)
+#
+# Why it works this way:
+# - No registry is reachable, so the base image is made locally: debootstrap --variant=minbase
+#   bookworm into a temporary directory, trimmed like the official slim image, then `podman import`.
+#   That needs root (debootstrap creates device nodes and chowns files); run the script as root.
+# - No Rust toolchain can be fetched into a build container, so the release binary is built on this
+#   machine (Debian 12, the same glibc as the image) and copied in. Only that binary is sent as the
+#   build context.
+# - Podman needs runc and the cgroupfs manager on these machines, and ulimits it is allowed to set;
+#   ffmpeg-image/podman/containers.conf says so, and the same settings are also passed as flags.
+#
+# Running it like a Job does (the image test uses exactly these flags, see --print-run-flags):
+#   CONTAINERS_CONF=ffmpeg-image/podman/containers.conf \
+#   podman --runtime runc --cgroup-manager cgroupfs run --rm \
+#     --read-only --tmpfs /tmp:rw,size=1g,mode=1777 --network host \
+#     --ulimit nofile=20000:20000 --ulimit nproc=32768:32768 \
+#     -e ... localhost/mixdown-worker:dev [ARGS]
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
+
+IMAGE=${IMAGE:-localhost/mixdown-worker:dev}
+BASE_IMAGE=${BASE_IMAGE:-localhost/debian:bookworm-slim}
+DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+export CONTAINERS_CONF=${CONTAINERS_CONF:-$here/podman/containers.conf}
+
+# Global podman flags: the config file above says the same, but a caller's own CONTAINERS_CONF
+# must not be able to bring crun or systemd cgroups back.
+podman_global=(--runtime runc --cgroup-manager cgroupfs)
+ulimits=(--ulimit nofile=20000:20000 --ulimit nproc=32768:32768)
+# What a Pod gives the worker: a read-only root, an emptyDir for scratch, the node's network (the
+# test's S3 server listens on loopback).
+run_flags=(--read-only --tmpfs /tmp:rw,size=1g,mode=1777 --network host "${ulimits[@]}")
+
+skip_cargo=false
+rebuild_base=false
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+
+while (($#)); do
+  case $1 in
+    --skip-cargo) skip_cargo=true ;;
+    --rebuild-base) rebuild_base=true ;;
+    --print-run-flags)
+      printf 'CONTAINERS_CONF=%q podman %s run --rm %s %s\n' \
+        "$CONTAINERS_CONF" "${podman_global[*]}" "${run_flags[*]}" "$IMAGE"
+      exit 0 ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown argument: $1 (see --help)" ;;
+  esac
+  shift
+done
+
+# Time since the start of a step, in whole seconds.
+elapsed() { echo $((SECONDS - $1))s; }
+
+check_prerequisites() {
+  local missing=()
+  for tool in podman runc debootstrap; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+  done
+  if ! $skip_cargo; then
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain, or pass --skip-cargo with target/release/mixdown-worker already built"
+  fi
+  if ((${#missing[@]})); then
+    die "missing ${missing[*]}; install with: apt-get install podman runc debootstrap"
+  fi
+}
+
+build_binary() {
+  if $skip_cargo; then
+    log "skipping cargo (--skip-cargo)"
+  else
+    log "cargo build --release -p mixdown-worker"
+    local t=$SECONDS
+    (cd "$root" && cargo build --release -p mixdown-worker)
+    log "binary built in $(elapsed "$t")"
+  fi
+  binary=$root/target/release/mixdown-worker
+  [[ -x $binary ]] || die "$binary not found: run without --skip-cargo"
+}
+
+# debootstrap minbase, trimmed the way the official bookworm-slim image is, imported as an image.
+make_base_image() {
+  if podman "${podman_global[@]}" image exists "$BASE_IMAGE" && ! $rebuild_base; then
+    log "base image $BASE_IMAGE exists (--rebuild-base to make it again)"
+    return
+  fi
+  [[ $BASE_IMAGE == localhost/* ]] \
+    || die "base image $BASE_IMAGE is missing and cannot be pulled; pull it yourself, or leave BASE_IMAGE unset to build one here"
+  ((EUID == 0)) || die "making the base image needs root (debootstrap creates device nodes and files owned by other users): run this script as root once, or set BASE_IMAGE to an existing image"
+
+  local t=$SECONDS rootfs
+  rootfs=$(mktemp -d "${TMPDIR:-/tmp}/mixdown-rootfs.XXXXXX")
+  # The tree holds root-owned files and device nodes: remove it however the script ends.
+  trap "rm -rf --one-file-system '$rootfs'" EXIT
+
+  log "debootstrap --variant=minbase bookworm from $DEBIAN_MIRROR"
+  debootstrap --variant=minbase bookworm "$rootfs" "$DEBIAN_MIRROR" >&2
+
+  # The same sources as the official image: updates and security fixes reach `apt-get install`.
+  rm -f "$rootfs/etc/apt/sources.list"
+  cat >"$rootfs/etc/apt/sources.list.d/debian.sources" <<EOF
+Types: deb
+URIs: $DEBIAN_MIRROR
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+  # Like the slim image: no docs, man pages or translations from later installs, no cached .debs.
+  cat >"$rootfs/etc/dpkg/dpkg.cfg.d/slim" <<'EOF'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-exclude /usr/share/lintian/*
+EOF
+  cat >"$rootfs/etc/apt/apt.conf.d/docker-clean" <<'EOF'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+EOF
+  # ...and the same for what debootstrap already installed. Copyright files stay.
+  find "$rootfs/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
+  find "$rootfs/usr/share/doc" -mindepth 1 -type d -empty -delete
+  find "$rootfs/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin \
+    "$rootfs"/var/lib/apt/lists/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
+    "$rootfs"/usr/share/lintian/* "$rootfs"/var/log/* "$rootfs"/tmp/*
+  # Written by debootstrap from the build machine; a container gets its own.
+  : >"$rootfs/etc/resolv.conf"
+  : >"$rootfs/etc/hostname"
+
+  log "podman import as $BASE_IMAGE"
+  tar --numeric-owner --xattrs -C "$rootfs" -c . \
+    | podman "${podman_global[@]}" import \
+        --change 'CMD ["bash"]' \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        - "$BASE_IMAGE" >/dev/null
+  rm -rf --one-file-system "$rootfs"
+  trap - EXIT
+  log "base image made in $(elapsed "$t")"
+}
+
+build_image() {
+  local t=$SECONDS context version revision
+  version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$root/Cargo.toml" | head -n 1)
+  revision=$(git -C "$root" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+  # Only the binary is sent to the builder.
+  context=$(mktemp -d "${TMPDIR:-/tmp}/mixdown-context.XXXXXX")
+  trap "rm -rf '$context'" EXIT
+  cp "$binary" "$context/mixdown-worker"
+
+  log "podman build $IMAGE (FROM $BASE_IMAGE, version $version, revision $revision)"
+  # --network host: apt-get inside the build reaches the Debian mirror the way this machine does.
+  podman "${podman_global[@]}" build \
+    --pull=never \
+    --network host \
+    "${ulimits[@]}" \
+    --file "$here/Dockerfile" \
+    --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+    --build-arg "VERSION=$version" \
+    --build-arg "REVISION=$revision" \
+    --tag "$IMAGE" \
+    "$context"
+  rm -rf "$context"
+  trap - EXIT
+  log "image built in $(elapsed "$t")"
+}
+
+check_prerequisites
+total=$SECONDS
+build_binary
+make_base_image
+build_image
+
+size=$(podman "${podman_global[@]}" image inspect --format '{{.Size}}' "$IMAGE")
+log "$IMAGE: $((size / 1000 / 1000)) MB ($size bytes), total $(elapsed "$total")"
+log "run it like the test does: $(basename "$0") --print-run-flags"
