@@ -93,6 +93,19 @@ async fn presigned_put_is_accepted_only_as_signed() {
     assert_eq!(head.content_type(), Some("video/webm"));
     assert_eq!(s3.request_count("PutObject"), 1);
 
+    // A presigned GET (how finished files are handed out) returns the bytes.
+    let get = s3
+        .client()
+        .get_object()
+        .bucket(&bucket)
+        .key(key)
+        .presigned(PresigningConfig::expires_in(Duration::from_secs(60)).unwrap())
+        .await
+        .unwrap();
+    let fetched = reqwest::get(get.uri()).await.unwrap();
+    assert_eq!(fetched.status(), 200);
+    assert!(fetched.bytes().await.unwrap() == body);
+
     // Tampered signature: flip the last hex digit.
     let uri = presigned.uri();
     let last = uri.chars().last().unwrap();
@@ -600,6 +613,59 @@ async fn injected_outage_refuses_requests_then_ends() {
         .send()
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdk_retries_through_a_short_outage() {
+    let s3 = S3Server::start().await.unwrap();
+    let bucket = s3.create_bucket().await;
+    let retries = RetryConfig::standard()
+        .with_max_attempts(30)
+        .with_initial_backoff(Duration::from_millis(50))
+        .with_max_backoff(Duration::from_millis(200));
+    let client = aws_sdk_s3::Client::from_conf(
+        s3.client()
+            .config()
+            .to_builder()
+            .retry_config(retries)
+            .build(),
+    );
+
+    s3.outage_after_upload_parts(0, Duration::from_millis(700));
+    client
+        .put_object()
+        .bucket(&bucket)
+        .key("k")
+        .body(ByteStream::from(pattern(MIB, 9)))
+        .send()
+        .await
+        .unwrap();
+    let refused = s3.requests().iter().filter(|r| r.status.is_none()).count();
+    assert!(
+        refused >= 2,
+        "the outage was seen and retried: {refused} refused"
+    );
+    assert_eq!(s3.request_count("PutObject"), 1);
+}
+
+/// Deliberately single-threaded: the server must answer while the test's only runtime thread is
+/// blocked, as it is when a test waits for a subprocess that talks to the server.
+#[tokio::test]
+async fn serves_while_the_test_runtime_is_blocked() {
+    use std::io::{Read, Write};
+
+    let s3 = S3Server::start().await.unwrap();
+    let bucket = s3.create_bucket().await;
+    let addr = s3.endpoint().trim_start_matches("http://").to_owned();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        conn,
+        "GET /{bucket} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 403"), "{response}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
