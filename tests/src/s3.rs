@@ -8,9 +8,11 @@
 //! that started it blocks (on a subprocess, say), and it may outlive the test runtime that
 //! started it. Dropping the [`S3Server`] stops it and, for a temporary directory, removes it.
 //!
-//! Not implemented by `s3s-fs`: ListMultipartUploads (use [`S3Server::incomplete_uploads`]) and the
-//! bucket CORS API (CORS is always on, as configured on a production R2 bucket for the studio).
+//! Multipart uploads behave like R2's where `s3s-fs` alone would differ (see `backend`). The
+//! bucket CORS API is not implemented: CORS is always on, as configured on a production R2
+//! bucket for the studio.
 
+mod backend;
 mod faults;
 mod storage;
 
@@ -106,7 +108,9 @@ impl S3Server {
 
         let fs = s3s_fs::FileSystem::new(&root)
             .map_err(|err| anyhow!("opening storage at {}: {err:?}", root.display()))?;
-        let mut builder = S3ServiceBuilder::new(fs);
+        // The path `s3s-fs` works under, so that file names read here match the ones it writes.
+        let root = root.canonicalize()?;
+        let mut builder = S3ServiceBuilder::new(backend::Backend::new(fs, root.clone()));
         builder.set_auth(SimpleAuth::from_single(
             access_key.clone(),
             secret_key.clone(),
@@ -230,12 +234,14 @@ impl S3Server {
     }
 
     /// Object keys of the multipart uploads in `bucket` that were created and neither completed
-    /// nor aborted, sorted, one entry per upload. What ListMultipartUploads would answer.
+    /// nor aborted, sorted, one entry per upload: what ListMultipartUploads answers.
     ///
     /// # Panics
     /// If the storage directory cannot be read.
     pub fn incomplete_uploads(&self, bucket: &str) -> Vec<String> {
-        storage::incomplete_uploads(&self.root, bucket).unwrap_or_else(|err| panic!("{err:#}"))
+        let uploads =
+            storage::open_uploads(&self.root, bucket).unwrap_or_else(|err| panic!("{err:#}"));
+        uploads.into_iter().map(|upload| upload.key).collect()
     }
 
     /// Storage goes away after `parts` more UploadPart requests have succeeded (at once for 0),

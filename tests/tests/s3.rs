@@ -335,6 +335,194 @@ async fn multipart_uploads_complete_abort_and_show_when_left_open() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_refused_complete_leaves_the_upload_open_as_on_r2() {
+    let s3 = S3Server::start().await.unwrap();
+    let bucket = s3.create_bucket().await;
+    let client = s3.client();
+    let key = "out/alice.mp4";
+    let upload = client
+        .create_multipart_upload()
+        .bucket(&bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+    let upload_id = upload.upload_id().unwrap();
+    let mut etags = Vec::new();
+    for (number, len) in [(1, 5 * MIB), (2, MIB), (3, MIB), (4, 10)] {
+        let out = client
+            .upload_part()
+            .bucket(&bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .body(ByteStream::from(pattern(len, number as u8)))
+            .send()
+            .await
+            .unwrap();
+        etags.push(out.e_tag().unwrap().to_owned());
+    }
+    let complete = |parts: &[(i32, &str)]| {
+        let parts = parts
+            .iter()
+            .map(|(number, etag)| {
+                CompletedPart::builder()
+                    .part_number(*number)
+                    .e_tag(*etag)
+                    .build()
+            })
+            .collect();
+        client
+            .complete_multipart_upload()
+            .bucket(&bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+    };
+    let refusals: [(&[(i32, &str)], &str); 3] = [
+        (
+            &[(1, &etags[0]), (2, &etags[1]), (3, &etags[2])],
+            "EntityTooSmall",
+        ),
+        (&[(1, &etags[0]), (2, &etags[0])], "InvalidPart"),
+        (&[(1, &etags[0]), (3, &etags[2])], "InvalidPartOrder"),
+    ];
+    for (parts, code) in refusals {
+        let err = complete(parts).await.unwrap_err();
+        assert_eq!(
+            err.as_service_error().and_then(|e| e.meta().code()),
+            Some(code)
+        );
+        assert_eq!(
+            s3.incomplete_uploads(&bucket),
+            [key],
+            "still open after {code}"
+        );
+    }
+
+    let listed = client
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .prefix("out/")
+        .send()
+        .await
+        .unwrap();
+    let uploads: Vec<_> = listed
+        .uploads()
+        .iter()
+        .map(|u| (u.key().unwrap(), u.upload_id().unwrap()))
+        .collect();
+    assert_eq!(uploads, [(key, upload_id)]);
+
+    // Complete with the parts that fit (part 3 and 4 are left out, and discarded).
+    complete(&[(1, &etags[0]), (2, &etags[1])]).await.unwrap();
+    let head = client
+        .head_object()
+        .bucket(&bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_length(), Some(6 * MIB as i64));
+    assert!(s3.incomplete_uploads(&bucket).is_empty());
+    let leftovers = std::fs::read_dir(s3.root())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("upload")
+        })
+        .count();
+    assert_eq!(leftovers, 0, "no part or upload file left behind");
+
+    // The upload is gone now: NoSuchUpload, as on R2.
+    let err = client
+        .abort_multipart_upload()
+        .bucket(&bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(status(&err), Some(404));
+    assert_eq!(
+        err.as_service_error().and_then(|e| e.meta().code()),
+        Some("NoSuchUpload")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_multipart_uploads_pages_and_filters() {
+    let s3 = S3Server::start().await.unwrap();
+    let bucket = s3.create_bucket().await;
+    let client = s3.client();
+    let mut expected = Vec::new();
+    for key in [
+        "out/a.mp4",
+        "out/b.mp4",
+        "out/b.mp4",
+        "out/c.mp4",
+        "other/x.mp4",
+    ] {
+        let upload = client
+            .create_multipart_upload()
+            .bucket(&bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        if key.starts_with("out/") {
+            expected.push((key.to_owned(), upload.upload_id().unwrap().to_owned()));
+        }
+    }
+    expected.sort();
+
+    let mut seen = Vec::new();
+    let (mut key_marker, mut id_marker) = (None, None);
+    loop {
+        let page = client
+            .list_multipart_uploads()
+            .bucket(&bucket)
+            .prefix("out/")
+            .max_uploads(3)
+            .set_key_marker(key_marker)
+            .set_upload_id_marker(id_marker)
+            .send()
+            .await
+            .unwrap();
+        seen.extend(page.uploads().iter().map(|u| {
+            (
+                u.key().unwrap().to_owned(),
+                u.upload_id().unwrap().to_owned(),
+            )
+        }));
+        if page.is_truncated() != Some(true) {
+            break;
+        }
+        key_marker = page.next_key_marker().map(str::to_owned);
+        id_marker = page.next_upload_id_marker().map(str::to_owned);
+    }
+    assert_eq!(seen, expected);
+    assert_eq!(
+        s3.incomplete_uploads(&bucket),
+        [
+            "other/x.mp4",
+            "out/a.mp4",
+            "out/b.mp4",
+            "out/b.mp4",
+            "out/c.mp4"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn listing_pages_through_every_key_once_in_order() {
     let s3 = S3Server::start().await.unwrap();
     let bucket = s3.create_bucket().await;

@@ -1,4 +1,4 @@
-//! What the test kit reads and writes directly in the storage directory of `s3s-fs`.
+//! The storage directory of `s3s-fs`, as the test kit reads and writes it directly.
 //!
 //! `s3s-fs` keeps a bucket as a directory under its root and an object as a file in it. Its
 //! bookkeeping lives in dot-files at the root:
@@ -10,9 +10,19 @@
 //! `b64` is unpadded URL-safe base64. The layout is that of the pinned `s3s-fs` version; the
 //! integration tests notice if it changes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use anyhow::{Context, bail};
+use uuid::Uuid;
+
+/// A multipart upload that was created and neither completed nor aborted.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct OpenUpload {
+    pub(crate) key: String,
+    pub(crate) upload_id: String,
+    pub(crate) initiated: SystemTime,
+}
 
 /// Creates the directory of bucket `name` (nothing happens if it exists) after checking the name
 /// follows the S3 rules, so that it can neither leave the root nor be refused later by clients.
@@ -32,14 +42,13 @@ pub(crate) fn ensure_bucket(root: &Path, name: &str) -> anyhow::Result<()> {
         .with_context(|| format!("creating bucket directory {}", dir.display()))
 }
 
-/// Keys of the multipart uploads in `bucket` that were created and neither completed nor
-/// aborted, sorted; a key appears once per open upload.
-pub(crate) fn incomplete_uploads(root: &Path, bucket: &str) -> anyhow::Result<Vec<String>> {
+/// The open multipart uploads of `bucket`, sorted by key, then upload id.
+pub(crate) fn open_uploads(root: &Path, bucket: &str) -> anyhow::Result<Vec<OpenUpload>> {
     let bucket_prefix = format!(
         ".bucket-{}.object-",
         base64_simd::URL_SAFE_NO_PAD.encode_to_string(bucket)
     );
-    let mut keys = Vec::new();
+    let mut uploads = Vec::new();
     for entry in std::fs::read_dir(root).with_context(|| format!("reading {}", root.display()))? {
         let name = entry?.file_name();
         let Some(name) = name.to_str() else { continue };
@@ -55,16 +64,49 @@ pub(crate) fn incomplete_uploads(root: &Path, bucket: &str) -> anyhow::Result<Ve
         };
         // Complete removes the upload file before it moves the attributes, so an upload whose
         // attributes are still there but whose upload file is gone is being completed right now.
-        if !root.join(format!(".upload-{upload_id}.json")).exists() {
+        let Ok(info) = std::fs::metadata(root.join(format!(".upload-{upload_id}.json"))) else {
             continue;
-        }
+        };
         let key = base64_simd::URL_SAFE_NO_PAD
             .decode_to_vec(encoded_key)
             .ok()
             .and_then(|bytes| String::from_utf8(bytes).ok())
             .with_context(|| format!("unexpected upload metadata file name {name:?}"))?;
-        keys.push(key);
+        uploads.push(OpenUpload {
+            key,
+            upload_id: upload_id.to_owned(),
+            initiated: info.modified()?,
+        });
     }
-    keys.sort();
-    Ok(keys)
+    uploads.sort();
+    Ok(uploads)
+}
+
+/// The upload id, if `upload_id` names an open upload.
+pub(crate) fn open_upload(root: &Path, upload_id: &str) -> Option<Uuid> {
+    // Parsing first keeps request input from forming arbitrary file names.
+    let id = Uuid::parse_str(upload_id).ok()?;
+    root.join(format!(".upload-{id}.json"))
+        .exists()
+        .then_some(id)
+}
+
+pub(crate) fn part_path(root: &Path, upload_id: Uuid, part_number: i32) -> PathBuf {
+    root.join(format!(".upload_id-{upload_id}.part-{part_number}"))
+}
+
+/// Removes the parts left of an upload: those uploaded but not named when it was completed.
+pub(crate) fn remove_parts(root: &Path, upload_id: Uuid) -> std::io::Result<()> {
+    let prefix = format!(".upload_id-{upload_id}.part-");
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(&prefix))
+        {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
