@@ -72,7 +72,7 @@ pub struct S3Server {
     faults: Arc<faults::Faults>,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
-    /// Declared last so that it is removed after the server thread has stopped writing into it.
+    /// Removed after `drop` has stopped the server thread, so nothing writes into it any more.
     _temp_dir: Option<tempfile::TempDir>,
 }
 
