@@ -26,7 +26,7 @@
 # Running it like a Job does (the image test uses exactly these flags, see --print-run-flags):
 #   CONTAINERS_CONF=ffmpeg-image/podman/containers.conf \
 #   podman --runtime runc --cgroup-manager cgroupfs run --rm \
-#     --read-only --tmpfs /tmp:rw,size=1g,mode=1777 --network host \
+#     --read-only --read-only-tmpfs=false --tmpfs /tmp:rw,size=1g,mode=1777 --network host \
 #     --ulimit nofile=20000:20000 --ulimit nproc=32768:32768 \
 #     -e ... localhost/mixdown-worker:dev [ARGS]
 set -euo pipefail
@@ -45,7 +45,7 @@ podman_global=(--runtime runc --cgroup-manager cgroupfs)
 ulimits=(--ulimit nofile=20000:20000 --ulimit nproc=32768:32768)
 # What a Pod gives the worker: a read-only root, an emptyDir for scratch, the node's network (the
 # test's S3 server listens on loopback).
-run_flags=(--read-only --tmpfs /tmp:rw,size=1g,mode=1777 --network host "${ulimits[@]}")
+run_flags=(--read-only --read-only-tmpfs=false --tmpfs /tmp:rw,size=1g,mode=1777 --network host "${ulimits[@]}")
 
 skip_cargo=false
 rebuild_base=false
