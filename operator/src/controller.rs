@@ -1,0 +1,768 @@
+//! The reconciler: a thin loop around the pure parts. For each RecordingJob it fetches (from the
+//! caches), validates, builds and creates the Job once, derives the status and applies it only
+//! when it changed, then records Events for the transitions it saw.
+//!
+//! Watches: RecordingJobs (the primary), their Jobs (`owns`) and the Jobs' Pods (by the
+//! `mixdown.dev/recording-job` label). Objects are trimmed before they reach the caches (no Pod
+//! specs, no managed fields but the worker's) so that thousands of recordings cost little memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::channel::mpsc;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodTemplateSpec};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use mixdown_crds::names::{API_VERSION, KIND, field_managers, labels, reasons};
+use mixdown_crds::{Phase, RecordingJob, RecordingJobStatus};
+use serde_json::json;
+use tokio::sync::Notify;
+use tracing::{Span, debug, field, info, instrument, warn};
+
+use crate::attempts::attempts;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::job::{build_job, is_owned_by, validate};
+use crate::metrics::Metrics;
+use crate::slots::{Census, QueueKey, Slots, next_in_line};
+use crate::status::{Admission, derive_status, is_final, needs_write, progress_is_stale};
+
+/// RecordingJobs as watched: one that fails to deserialize is reported, not a stalled watch.
+pub type Guarded = DeserializeGuard<RecordingJob>;
+
+/// How often a Queued RecordingJob looks for a free slot even without a wake-up (a deleted
+/// RecordingJob's Job frees its slot without telling anyone).
+const QUEUED_RECHECK: Duration = Duration::from_secs(5);
+/// Periodic re-reconcile of everything else, in case a watch event was missed.
+const RESYNC: Duration = Duration::from_secs(300);
+/// How long the operator trusts the status it wrote over a cache that has not caught up yet.
+const APPLIED_TRUST: Duration = Duration::from_secs(30);
+
+/// What every reconciliation shares.
+pub struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub rjs: Store<Guarded>,
+    pub jobs: Store<Job>,
+    pub pods: Store<Pod>,
+    pub slots: Slots,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    /// The status last applied per RecordingJob (by uid), until the cache shows it: reconciles
+    /// triggered in between must not see the old status and write or announce it twice.
+    applied: Mutex<HashMap<String, (RecordingJobStatus, Instant)>>,
+    /// Consecutive failures per RecordingJob, for the retry backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    /// Woken when a slot may have freed up.
+    slot_freed: Arc<Notify>,
+}
+
+#[instrument(skip(guard, ctx), fields(namespace = field::Empty, name = field::Empty))]
+pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_timer();
+    let span = Span::current();
+    span.record(
+        "namespace",
+        guard.meta().namespace.as_deref().unwrap_or_default(),
+    );
+    span.record("name", guard.meta().name.as_deref().unwrap_or_default());
+    let rj = match &guard.0 {
+        Ok(rj) => rj,
+        Err(invalid) => return Err(Error::InvalidObject(invalid.error.clone())),
+    };
+    let result = reconcile_recording_job(rj, &ctx).await;
+    if result.is_ok()
+        && let Some(uid) = rj.uid()
+    {
+        lock(&ctx.failures).remove(&uid);
+    }
+    result
+}
+
+/// Requeues transient failures with exponential backoff (1 s doubling to 5 min); waits for a
+/// change of the object on the others.
+pub fn error_policy(guard: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(error);
+    warn!(
+        name = guard.meta().name.as_deref().unwrap_or_default(),
+        namespace = guard.meta().namespace.as_deref().unwrap_or_default(),
+        error = %error,
+        "reconcile failed"
+    );
+    if !error.is_transient() {
+        return Action::await_change();
+    }
+    let uid = guard.meta().uid.clone().unwrap_or_default();
+    let mut failures = lock(&ctx.failures);
+    let n = failures.entry(uid).or_insert(0);
+    *n = n.saturating_add(1);
+    Action::requeue(Duration::from_secs(1 << (*n - 1).min(8)).min(RESYNC))
+}
+
+async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Action> {
+    let name = rj
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingMetadata("name"))?;
+    let namespace = rj
+        .metadata
+        .namespace
+        .clone()
+        .ok_or(Error::MissingMetadata("namespace"))?;
+    let uid = rj.uid().ok_or(Error::MissingMetadata("uid"))?;
+    if rj.metadata.deletion_timestamp.is_some() {
+        // Garbage collection deletes the Job and its Pods.
+        lock(&ctx.applied).remove(&uid);
+        return Ok(Action::await_change());
+    }
+    ctx.jobs
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheNotReady("Job"))?;
+    ctx.pods
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheNotReady("Pod"))?;
+
+    let view = ctx.view(rj, &uid);
+    let previous = view.status.clone().unwrap_or_default();
+    let job_ref = ObjectRef::<Job>::new(&name).within(&namespace);
+    let mut job = ctx.jobs.get(&job_ref);
+    if job.as_deref().is_some_and(|j| !is_owned_by(j, rj)) {
+        // A Job of this name that an earlier RecordingJob of the same name owned, on its way out.
+        debug!("waiting for the previous Job of this name to be garbage collected");
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+
+    let mut created = false;
+    let mut admission = Admission::Admitted;
+    if job.is_none() && !is_final(&view) {
+        match validate(rj) {
+            Err(Error::InvalidSpec(message)) => admission = Admission::Invalid(message),
+            Err(other) => return Err(other),
+            Ok(()) => match ctx.admit(rj) {
+                None => {
+                    admission = Admission::Queued {
+                        max_running_jobs: ctx.slots.max(),
+                    }
+                }
+                Some(reservation) => match ctx.create_job(rj).await {
+                    Ok((j, fresh)) => {
+                        created = fresh;
+                        job = Some(Arc::new(j));
+                    }
+                    Err(error) => {
+                        ctx.slots.release(reservation);
+                        return Err(error);
+                    }
+                },
+            },
+        }
+    }
+
+    let pods: Vec<Arc<Pod>> = match &job {
+        Some(_) => ctx.pods.state_filter(|p| {
+            p.metadata.namespace.as_deref() == Some(namespace.as_str())
+                && p.labels().get(labels::RECORDING_JOB) == Some(&name)
+        }),
+        None => Vec::new(),
+    };
+    let pod_refs: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
+    let desired = derive_status(
+        &view,
+        job.as_deref(),
+        &pod_refs,
+        &admission,
+        jiff::Timestamp::now(),
+    );
+
+    if let Some(job) = job.as_deref() {
+        let tries = attempts(job, &pod_refs);
+        if tries
+            .iter()
+            .any(|a| a.ended.as_ref().is_some_and(|e| e.is_bad_input()))
+            && job_is_running(job)
+        {
+            ctx.stop_retries(job).await?;
+        }
+        if desired.phase == Some(Phase::Running)
+            && progress_is_stale(rj, tries.last(), field_managers::WORKER)
+        {
+            ctx.clear_stale_progress(&namespace, &name).await?;
+        }
+    }
+
+    if needs_write(Some(&previous), &desired) {
+        ctx.apply_status(&namespace, &name, &desired).await?;
+        lock(&ctx.applied).insert(uid, (desired.clone(), Instant::now()));
+        ctx.announce(rj, &previous, &desired, created.then_some(&name));
+    } else if created {
+        ctx.announce(rj, &previous, &desired, Some(&name));
+    }
+
+    next_action(rj, ctx, &desired).await
+}
+
+/// After a finished RecordingJob's TTL it is deleted (its Job and Pods with it); Queued ones
+/// look for a slot again soon.
+async fn next_action(
+    rj: &RecordingJob,
+    ctx: &Context,
+    status: &RecordingJobStatus,
+) -> Result<Action> {
+    match status.phase {
+        Some(Phase::Queued) => Ok(Action::requeue(QUEUED_RECHECK)),
+        Some(phase) if phase.is_finished() => {
+            let Some(ttl) = rj.spec.ttl_seconds_after_finished else {
+                return Ok(Action::await_change());
+            };
+            let finished = status
+                .completion_time
+                .as_ref()
+                .map_or_else(jiff::Timestamp::now, |t| t.0);
+            let expires = finished
+                .checked_add(jiff::SignedDuration::from_secs(i64::from(ttl.max(0))))
+                .unwrap_or(finished);
+            let left = jiff::Timestamp::now().duration_until(expires);
+            if left.is_positive() {
+                let left = Duration::try_from(left).unwrap_or(RESYNC);
+                return Ok(Action::requeue(
+                    left.min(RESYNC) + Duration::from_millis(100),
+                ));
+            }
+            ctx.delete_expired(rj).await?;
+            Ok(Action::await_change())
+        }
+        _ => Ok(Action::requeue(RESYNC)),
+    }
+}
+
+impl Context {
+    /// The RecordingJob with the status this operator last wrote, if the cache lags behind it.
+    fn view(&self, rj: &RecordingJob, uid: &str) -> RecordingJob {
+        let mut view = rj.clone();
+        let mut applied = lock(&self.applied);
+        if let Some((status, at)) = applied.get(uid) {
+            let cached_now = rj
+                .status
+                .as_ref()
+                .is_some_and(|s| !needs_write(Some(s), status));
+            if cached_now || at.elapsed() > APPLIED_TRUST {
+                applied.remove(uid);
+            } else {
+                let progress = rj.status.as_ref().and_then(|s| s.progress);
+                view.status = Some(RecordingJobStatus {
+                    progress,
+                    ..status.clone()
+                });
+            }
+        }
+        view
+    }
+
+    /// Asks for a slot under the concurrency cap.
+    fn admit(&self, rj: &RecordingJob) -> Option<crate::slots::Reservation> {
+        let candidate = queue_key(rj);
+        let mut waiting = Vec::new();
+        self.slots.try_admit(&candidate, || {
+            waiting = self.waiting();
+            Census {
+                running: self.running(),
+                waiting: &waiting,
+            }
+        })
+    }
+
+    /// Jobs that hold a slot: not finished, not being deleted.
+    fn running(&self) -> Vec<QueueKey> {
+        self.jobs
+            .state()
+            .iter()
+            .filter(|j| job_is_running(j))
+            .map(|j| QueueKey {
+                created: j.metadata.creation_timestamp.clone(),
+                namespace: j.namespace().unwrap_or_default(),
+                name: j.name_any(),
+            })
+            .collect()
+    }
+
+    /// RecordingJobs waiting for a slot: valid, unfinished, and without a Job.
+    fn waiting(&self) -> Vec<QueueKey> {
+        self.rjs
+            .state()
+            .iter()
+            .filter_map(|g| g.0.as_ref().ok())
+            .filter(|rj| {
+                rj.metadata.deletion_timestamp.is_none()
+                    && !is_final(rj)
+                    && validate(rj).is_ok()
+                    && self
+                        .jobs
+                        .get(
+                            &ObjectRef::new(&rj.name_any())
+                                .within(&rj.namespace().unwrap_or_default()),
+                        )
+                        .is_none()
+            })
+            .map(queue_key)
+            .collect()
+    }
+
+    /// Triggers a reconcile of the RecordingJobs next in line for the slots now free.
+    fn wake_next(&self, trigger: &mpsc::UnboundedSender<ObjectRef<Guarded>>) {
+        if self.slots.max() == 0 {
+            return;
+        }
+        let free = self.slots.free(self.running().len());
+        if free == 0 {
+            return;
+        }
+        let mut waiting = self.waiting();
+        for key in next_in_line(&mut waiting, free) {
+            let _ = trigger.unbounded_send(ObjectRef::new(&key.name).within(&key.namespace));
+        }
+    }
+
+    /// Creates the Job; `Ok((job, true))` if this call created it, `Ok((job, false))` if it
+    /// already existed (409: an earlier reconcile, or another replica before a failover).
+    async fn create_job(&self, rj: &RecordingJob) -> Result<(Job, bool)> {
+        let job = build_job(rj, &self.config)?;
+        let namespace = rj.namespace().unwrap_or_default();
+        let api: Api<Job> = Api::namespaced(self.client.clone(), &namespace);
+        match api.create(&PostParams::default(), &job).await {
+            Ok(created) => {
+                self.metrics.jobs_created.inc();
+                info!(job = %created.name_any(), "created Job");
+                Ok((created, true))
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                // Never re-apply a template: the existing Job is the Job.
+                let existing = api
+                    .get(&rj.name_any())
+                    .await
+                    .map_err(Error::kube("reading the existing Job"))?;
+                if is_owned_by(&existing, rj) {
+                    Ok((existing, false))
+                } else {
+                    Err(Error::ForeignJob(existing.name_any()))
+                }
+            }
+            Err(error) => Err(Error::kube("creating Job")(error)),
+        }
+    }
+
+    /// Stops the Job from retrying after bad input, on servers that ignore `podFailurePolicy`
+    /// (before Kubernetes 1.26): no more Pods (`parallelism: 0`), and a deadline already past so
+    /// the Job controller marks the Job Failed. Both fields are mutable; the template is not
+    /// touched. The Job controller waits 10 s before replacing a failed Pod, and this runs on
+    /// the failed Pod's own status update, so no second attempt starts.
+    async fn stop_retries(&self, job: &Job) -> Result<()> {
+        let elapsed = job
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .map_or(1, |start| {
+                jiff::Timestamp::now()
+                    .duration_since(start.0)
+                    .as_secs()
+                    .max(1)
+            });
+        let patch = json!({"spec": {"parallelism": 0, "activeDeadlineSeconds": elapsed}});
+        let api: Api<Job> =
+            Api::namespaced(self.client.clone(), &job.namespace().unwrap_or_default());
+        match api
+            .patch(
+                &job.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                info!(job = %job.name_any(), "bad input: stopped the Job's retries");
+                self.slot_freed.notify_one();
+                Ok(())
+            }
+            // A server that refuses the change enforces podFailurePolicy itself.
+            Err(kube::Error::Api(status)) if status.code == 422 => {
+                warn!(job = %job.name_any(), message = %status.message, "could not stop the Job's retries");
+                Ok(())
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(error) => Err(Error::kube("stopping the Job's retries")(error)),
+        }
+    }
+
+    /// Removes the previous attempt's `progress` so that a retry starts from nothing.
+    ///
+    /// `progress` belongs to the worker's field manager, and the operator must not take it over.
+    /// Server-side apply removes a field when its only manager applies without it, so the
+    /// operator applies an empty status *as that manager*: the field goes, and ownership stays
+    /// where it was for the next attempt's first write.
+    async fn clear_stale_progress(&self, namespace: &str, name: &str) -> Result<()> {
+        let api: Api<RecordingJob> = Api::namespaced(self.client.clone(), namespace);
+        let body = json!({"apiVersion": API_VERSION, "kind": KIND, "status": {}});
+        api.patch_status(
+            name,
+            &PatchParams::apply(field_managers::WORKER),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(Error::kube("clearing the previous attempt's progress"))?;
+        debug!("cleared the previous attempt's progress");
+        Ok(())
+    }
+
+    /// Server-side applies the operator's status fields; `progress` is never among them.
+    async fn apply_status(
+        &self,
+        namespace: &str,
+        name: &str,
+        status: &RecordingJobStatus,
+    ) -> Result<()> {
+        let api: Api<RecordingJob> = Api::namespaced(self.client.clone(), namespace);
+        let status = RecordingJobStatus {
+            progress: None,
+            ..status.clone()
+        };
+        let body = json!({"apiVersion": API_VERSION, "kind": KIND, "status": status});
+        api.patch_status(
+            name,
+            &PatchParams::apply(field_managers::OPERATOR).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(Error::kube("applying status"))?;
+        debug!(phase = ?status.phase, "status applied");
+        Ok(())
+    }
+
+    async fn delete_expired(&self, rj: &RecordingJob) -> Result<()> {
+        let api: Api<RecordingJob> =
+            Api::namespaced(self.client.clone(), &rj.namespace().unwrap_or_default());
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: rj.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match api.delete(&rj.name_any(), &params).await {
+            Ok(_) => {
+                info!("deleted after ttlSecondsAfterFinished");
+                Ok(())
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
+            Err(error) => Err(Error::kube("deleting the expired RecordingJob")(error)),
+        }
+    }
+
+    /// Events for what changed, once each: the Job created, queued, started, succeeded, failed.
+    fn announce(
+        &self,
+        rj: &RecordingJob,
+        previous: &RecordingJobStatus,
+        desired: &RecordingJobStatus,
+        created: Option<&String>,
+    ) {
+        let mut events = Vec::new();
+        if let Some(job) = created {
+            events.push(event(
+                EventType::Normal,
+                reasons::JOB_CREATED,
+                "CreateJob",
+                format!("Created Job {job}"),
+            ));
+        }
+        let (before, after) = (previous.phase, desired.phase);
+        if before != after {
+            match after {
+                Some(Phase::Queued) => events.push(event(
+                    EventType::Normal,
+                    reasons::WAITING_FOR_SLOT,
+                    "Queue",
+                    format!(
+                        "Waiting for one of the {} processing slots",
+                        self.slots.max()
+                    ),
+                )),
+                Some(Phase::Running) => events.push(event(
+                    EventType::Normal,
+                    "Started",
+                    "Start",
+                    format!("Worker started (attempt {})", desired.attempts.unwrap_or(1)),
+                )),
+                Some(Phase::Succeeded) => events.push(event(
+                    EventType::Normal,
+                    "Succeeded",
+                    "Complete",
+                    format!("{} output(s) written and verified", desired.outputs.len()),
+                )),
+                Some(Phase::Failed) => events.push(event(
+                    EventType::Warning,
+                    desired.reason.as_deref().unwrap_or("Failed"),
+                    "Fail",
+                    desired.message.clone().unwrap_or_default(),
+                )),
+                Some(Phase::Pending) | None => {}
+            }
+            if after.is_some_and(Phase::is_finished) && !before.is_some_and(Phase::is_finished) {
+                if let (Some(start), Some(end)) = (&desired.start_time, &desired.completion_time) {
+                    let seconds = end.0.duration_since(start.0).as_secs_f64();
+                    if let Some(phase) = after {
+                        self.metrics.processed(phase, seconds);
+                    }
+                }
+                self.slot_freed.notify_one();
+            }
+        }
+        if events.is_empty() {
+            return;
+        }
+        let reference: ObjectReference = rj.object_ref(&());
+        let recorder = self.recorder.clone();
+        // Events are best effort and must not slow the reconcile down.
+        tokio::spawn(async move {
+            for event in events {
+                if let Err(error) = recorder.publish(&event, &reference).await {
+                    warn!(%error, reason = %event.reason, "could not record an Event");
+                }
+            }
+        });
+    }
+}
+
+fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
+    // Event notes hold at most 1 kB.
+    let mut note = note;
+    if note.len() > 1000 {
+        let mut end = 1000;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+    }
+    Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: action.to_string(),
+        secondary: None,
+    }
+}
+
+fn queue_key(rj: &RecordingJob) -> QueueKey {
+    QueueKey {
+        created: rj.metadata.creation_timestamp.clone(),
+        namespace: rj.namespace().unwrap_or_default(),
+        name: rj.name_any(),
+    }
+}
+
+/// A Job holds a slot until it finished, its retries were stopped, or it is being deleted.
+pub fn job_is_running(job: &Job) -> bool {
+    let finished = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        });
+    let stopped = job.spec.as_ref().and_then(|s| s.parallelism) == Some(0);
+    !finished && !stopped && job.metadata.deletion_timestamp.is_none()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Drops what the operator never reads, before objects reach the caches.
+fn trim_recording_job(guard: &mut Guarded) {
+    let meta = guard.meta_mut();
+    // Only the worker's entry is read (when it last wrote progress), and not its field set.
+    if let Some(fields) = meta.managed_fields.as_mut() {
+        fields.retain(|m| m.manager.as_deref() == Some(field_managers::WORKER));
+        for m in fields.iter_mut() {
+            m.fields_v1 = None;
+        }
+    }
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+fn trim_job(job: &mut Job) {
+    job.metadata.managed_fields = None;
+    job.metadata.annotations = None;
+    if let Some(spec) = job.spec.as_mut() {
+        spec.template = PodTemplateSpec::default();
+        spec.selector = None;
+    }
+}
+
+fn trim_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+    pod.spec = None;
+    if let Some(status) = pod.status.as_mut() {
+        status.conditions = None;
+        status.pod_ips = None;
+        status.host_ips = None;
+    }
+}
+
+/// Where the operator watches and how it runs.
+pub struct Settings {
+    pub config: Config,
+    /// `None`: every namespace.
+    pub namespace: Option<String>,
+    pub concurrency: u16,
+    /// The `reportingInstance` of Events: this replica's identity.
+    pub instance: String,
+}
+
+/// Runs the controller until `shutdown` resolves, then lets running reconciles finish.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    http: Option<crate::http::AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api = |client: Client| -> (Api<Guarded>, Api<Job>, Api<Pod>) {
+        match &settings.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client, ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client),
+            ),
+        }
+    };
+    let (rj_api, job_api, pod_api) = api(client.clone());
+    let children = watcher::Config::default().labels(labels::RECORDING_JOB);
+
+    let (rj_reader, rj_writer) = reflector::store::<Guarded>();
+    let (job_reader, job_writer) = reflector::store::<Job>();
+    let (pod_reader, pod_writer) = reflector::store::<Pod>();
+    let slot_freed = Arc::new(Notify::new());
+
+    let rj_stream = watcher(rj_api, watcher::Config::default())
+        .default_backoff()
+        .modify(trim_recording_job)
+        .reflect(rj_writer)
+        .applied_objects();
+    let freed = slot_freed.clone();
+    let job_stream = watcher(job_api, children.clone())
+        .default_backoff()
+        .modify(trim_job)
+        .map(move |event| {
+            if let Ok(watcher::Event::Delete(_)) = &event {
+                freed.notify_one();
+            }
+            event
+        })
+        .reflect(job_writer)
+        .touched_objects();
+    let pod_stream = watcher(pod_api, children)
+        .default_backoff()
+        .modify(trim_pod)
+        .reflect(pod_writer)
+        .touched_objects();
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: field_managers::OPERATOR.to_string(),
+            instance: Some(settings.instance.clone()),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client,
+        slots: Slots::new(settings.config.max_running_jobs),
+        config: settings.config,
+        rjs: rj_reader.clone(),
+        jobs: job_reader.clone(),
+        pods: pod_reader.clone(),
+        recorder,
+        metrics: metrics.clone(),
+        applied: Mutex::new(HashMap::new()),
+        failures: Mutex::new(HashMap::new()),
+        slot_freed: slot_freed.clone(),
+    });
+
+    if let Some(http) = &http {
+        let rjs = rj_reader.clone();
+        let metrics = metrics.clone();
+        http.on_scrape(move || {
+            let mut counts: HashMap<Option<Phase>, i64> = HashMap::new();
+            for guard in rjs.state() {
+                if let Ok(rj) = &guard.0 {
+                    *counts
+                        .entry(rj.status.as_ref().and_then(|s| s.phase))
+                        .or_default() += 1;
+                }
+            }
+            metrics.set_phases(&counts.into_iter().collect::<Vec<_>>());
+        });
+        let http = http.clone();
+        let (rjs, jobs, pods) = (rj_reader.clone(), job_reader.clone(), pod_reader.clone());
+        tokio::spawn(async move {
+            let _ = futures::future::join3(
+                rjs.wait_until_ready(),
+                jobs.wait_until_ready(),
+                pods.wait_until_ready(),
+            )
+            .await;
+            http.set_ready(true);
+        });
+    }
+
+    let (wake_tx, wake_rx) = mpsc::unbounded::<ObjectRef<Guarded>>();
+    let waker = {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            loop {
+                ctx.slot_freed.notified().await;
+                // Let the caches take in the change that freed the slot.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                ctx.wake_next(&wake_tx);
+            }
+        })
+    };
+
+    Controller::for_stream(rj_stream, rj_reader)
+        .owns_stream(job_stream)
+        .watches_stream(pod_stream, |pod: Pod| {
+            let namespace = pod.namespace()?;
+            let name = pod.labels().get(labels::RECORDING_JOB)?;
+            Some(ObjectRef::<Guarded>::new(name).within(&namespace))
+        })
+        .reconcile_on(wake_rx)
+        .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                debug!(%error, "controller event");
+            }
+        })
+        .await;
+    waker.abort();
+    info!("controller stopped");
+}

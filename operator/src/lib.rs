@@ -1,0 +1,24 @@
+//! The Mixdown operator: reconciles each RecordingJob into a Kubernetes Job that runs the worker,
+//! and tells the RecordingJob's story in its status, conditions and Events.
+//!
+//! Pure parts (unit-tested from inline YAML): [`job::build_job`], [`status::derive_status`],
+//! [`slots`] (the concurrency cap). The [`controller`] only fetches, calls them and applies.
+#![forbid(unsafe_code)]
+
+pub mod attempts;
+pub mod config;
+pub mod controller;
+pub mod error;
+pub mod http;
+pub mod job;
+pub mod leader;
+pub mod metrics;
+pub mod slots;
+pub mod status;
+pub mod telemetry;
+
+#[cfg(test)]
+mod testing;
+
+pub use config::{Args, Config};
+pub use error::{Error, Result};

@@ -1,0 +1,739 @@
+//! The RecordingJob's status, rebuilt from what is observed: the Job, its Pods and the worker's
+//! reports. Pure, so every rule below is a table row in the tests.
+//!
+//! Rules worth knowing:
+//! - `progress` is the worker's field (its own field manager); the operator's status never holds it.
+//! - a condition's `lastTransitionTime` moves only when its `status` flips (cert-manager's rule),
+//!   so rebuilding the same world gives the same status and no write;
+//! - a worker exit code 2 (bad input) is final whatever the Job does next; on servers without
+//!   `podFailurePolicy` the Job itself only learns it through the operator;
+//! - Succeeded and Failed are final: once written, the status stays as written even when the
+//!   evidence (the Job, its Pods) is gone, so a finished recording is never processed again.
+
+use k8s_openapi::api::batch::v1::{Job, JobCondition};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+use mixdown_crds::names::{conditions, reasons};
+use mixdown_crds::{Phase, RecordingJob, RecordingJobStatus, WorkerReport};
+
+use crate::attempts::{Attempt, attempts};
+
+/// Where a RecordingJob without a Job stands, as decided by the reconciler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// A slot is free: its Job is being created.
+    Admitted,
+    /// Every slot is taken; it waits its turn.
+    Queued { max_running_jobs: usize },
+    /// The spec cannot become a Job.
+    Invalid(String),
+}
+
+/// The status the operator owns, rebuilt from the RecordingJob, its Job and the Job's Pods.
+///
+/// `rj.status` is read only for what the world cannot tell again: when conditions last flipped,
+/// and a final result whose evidence may be gone.
+pub fn derive_status(
+    rj: &RecordingJob,
+    job: Option<&Job>,
+    pods: &[&Pod],
+    admission: &Admission,
+    now: jiff::Timestamp,
+) -> RecordingJobStatus {
+    let previous = rj.status.as_ref();
+    let generation = rj.metadata.generation;
+    if let Some(previous) = previous
+        && is_final(rj)
+    {
+        return RecordingJobStatus {
+            progress: None,
+            ..previous.clone()
+        };
+    }
+
+    let mut status = RecordingJobStatus {
+        observed_generation: generation,
+        ..RecordingJobStatus::default()
+    };
+    let mut conds = Conditions::new(previous, generation, now);
+
+    let Some(job) = job else {
+        match admission {
+            Admission::Invalid(message) => {
+                status.phase = Some(Phase::Failed);
+                status.reason = Some(reasons::INVALID_SPEC.to_string());
+                status.message = Some(message.clone());
+                conds.set(conditions::FAILED, true, reasons::INVALID_SPEC, message);
+                status.completion_time = conds.transition_time(conditions::FAILED);
+            }
+            Admission::Queued { max_running_jobs } => {
+                status.phase = Some(Phase::Queued);
+                conds.set(
+                    conditions::QUEUED,
+                    true,
+                    reasons::WAITING_FOR_SLOT,
+                    &format!("waiting for one of the {max_running_jobs} processing slots"),
+                );
+            }
+            Admission::Admitted => status.phase = Some(Phase::Pending),
+        }
+        status.conditions = conds.into_vec();
+        return status;
+    };
+
+    let job_name = job.name_any();
+    status.job_name = Some(job_name.clone());
+    let job_status = job.status.as_ref();
+    status.start_time = job_status.and_then(|s| s.start_time.clone());
+    conds.set(
+        conditions::QUEUED,
+        false,
+        reasons::JOB_CREATED,
+        &format!("Job {job_name} created"),
+    );
+
+    let attempts = attempts(job, pods);
+    let started = attempts.iter().filter(|a| a.started).count();
+    let counted = job_status.map_or(0, |s| s.failed.unwrap_or(0) + s.succeeded.unwrap_or(0));
+    status.attempts = Some(i32::try_from(started).unwrap_or(i32::MAX).max(counted));
+
+    let last_failure = attempts
+        .iter()
+        .filter_map(|a| a.ended.as_ref())
+        .filter(|e| e.exit_code != 0)
+        .max_by(|a, b| a.finished_at.cmp(&b.finished_at));
+    let bad_input = attempts
+        .iter()
+        .filter_map(|a| a.ended.as_ref())
+        .find(|e| e.is_bad_input());
+    let complete = job_condition(job, "Complete");
+    let failed = job_condition(job, "Failed");
+
+    if let Some(ended) = bad_input {
+        let (reason, message) = ended.failure();
+        fail(&mut status, &mut conds, &reason, &message);
+        status.completion_time = ended
+            .finished_at
+            .clone()
+            .or_else(|| conds.transition_time(conditions::FAILED));
+    } else if complete.is_some() {
+        status.phase = Some(Phase::Succeeded);
+        status.outputs = attempts
+            .iter()
+            .filter_map(|a| a.ended.as_ref())
+            .find_map(|e| match &e.report {
+                Some(WorkerReport::Succeeded { outputs }) if e.exit_code == 0 => {
+                    Some(outputs.clone())
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
+        let message = format!("{} output(s) written and verified", status.outputs.len());
+        conds.set(conditions::RUNNING, false, reasons::COMPLETED, &message);
+        conds.set(conditions::COMPLETE, true, reasons::COMPLETED, &message);
+        status.completion_time = job_status
+            .and_then(|s| s.completion_time.clone())
+            .or_else(|| complete.and_then(|c| c.last_transition_time.clone()));
+    } else if let Some(failed) = failed {
+        let reason = failed
+            .reason
+            .clone()
+            .unwrap_or_else(|| "JobFailed".to_string());
+        let mut message = failed
+            .message
+            .clone()
+            .unwrap_or_else(|| "the Job failed".to_string());
+        if let Some(last) = last_failure {
+            let (last_reason, last_message) = last.failure();
+            message = format!("{message}; last attempt: {last_reason}: {last_message}");
+        }
+        fail(&mut status, &mut conds, &reason, &message);
+        status.completion_time = failed
+            .last_transition_time
+            .clone()
+            .or_else(|| conds.transition_time(conditions::FAILED));
+    } else if started > 0 || counted > 0 {
+        // Running, or between two attempts: still Running, so phase does not flap per retry.
+        status.phase = Some(Phase::Running);
+        let attempt = attempts.iter().filter(|a| a.started).count().max(1);
+        let limit = job.spec.as_ref().and_then(|s| s.backoff_limit).unwrap_or(0) + 1;
+        conds.set(
+            conditions::RUNNING,
+            true,
+            reasons::POD_RUNNING,
+            &format!("attempt {attempt} of at most {limit}"),
+        );
+        if let Some(last) = last_failure {
+            let (reason, message) = last.failure();
+            status.reason = Some(reason);
+            status.message = Some(message);
+        }
+    } else {
+        status.phase = Some(Phase::Pending);
+    }
+    status.conditions = conds.into_vec();
+    status
+}
+
+/// Whether the RecordingJob's status is final: it succeeded or failed, and that judgement still
+/// holds (a Job ran, or it was an invalid spec that has not been edited since).
+pub fn is_final(rj: &RecordingJob) -> bool {
+    rj.status.as_ref().is_some_and(|s| {
+        s.phase.is_some_and(Phase::is_finished)
+            && (s.job_name.is_some() || s.observed_generation == rj.metadata.generation)
+    })
+}
+
+fn fail(status: &mut RecordingJobStatus, conds: &mut Conditions, reason: &str, message: &str) {
+    status.phase = Some(Phase::Failed);
+    status.reason = Some(reason.to_string());
+    status.message = Some(message.to_string());
+    conds.set(conditions::RUNNING, false, reason, message);
+    conds.set(conditions::FAILED, true, reason, message);
+}
+
+fn job_condition<'a>(job: &'a Job, type_: &str) -> Option<&'a JobCondition> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// Conditions being rebuilt, each keeping the previous `lastTransitionTime` unless its status
+/// flips.
+struct Conditions<'a> {
+    previous: &'a [Condition],
+    generation: Option<i64>,
+    now: Time,
+    list: Vec<Condition>,
+}
+
+impl<'a> Conditions<'a> {
+    fn new(
+        previous: Option<&'a RecordingJobStatus>,
+        generation: Option<i64>,
+        now: jiff::Timestamp,
+    ) -> Self {
+        Conditions {
+            previous: previous.map_or(&[], |p| p.conditions.as_slice()),
+            generation,
+            now: Time(truncate_to_seconds(now)),
+            list: Vec::new(),
+        }
+    }
+
+    fn set(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
+        let status = if status { "True" } else { "False" };
+        let last_transition_time = self
+            .previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or_else(|| self.now.clone(), |c| c.last_transition_time.clone());
+        self.list.retain(|c| c.type_ != type_);
+        self.list.push(Condition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message: message.to_string(),
+            last_transition_time,
+            observed_generation: self.generation,
+        });
+    }
+
+    fn transition_time(&self, type_: &str) -> Option<Time> {
+        self.list
+            .iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| c.last_transition_time.clone())
+    }
+
+    fn into_vec(self) -> Vec<Condition> {
+        self.list
+    }
+}
+
+/// Time as the API server stores it (`metav1.Time` has whole seconds), so that what is written
+/// compares equal to what is read back.
+pub fn truncate_to_seconds(t: jiff::Timestamp) -> jiff::Timestamp {
+    jiff::Timestamp::from_second(t.as_second()).unwrap_or(t)
+}
+
+/// Whether `desired` says anything `current` does not, ignoring `progress` (the worker's) and
+/// timestamps that only moved (linkerd's rule: a write that changes nothing but times wakes every
+/// watcher for nothing).
+pub fn needs_write(current: Option<&RecordingJobStatus>, desired: &RecordingJobStatus) -> bool {
+    let Some(current) = current else {
+        return true;
+    };
+    comparable(current) != comparable(desired)
+}
+
+fn comparable(status: &RecordingJobStatus) -> RecordingJobStatus {
+    let epoch = || Time(jiff::Timestamp::UNIX_EPOCH);
+    let mut s = status.clone();
+    s.progress = None;
+    s.start_time = s.start_time.map(|_| epoch());
+    s.completion_time = s.completion_time.map(|_| epoch());
+    for c in &mut s.conditions {
+        c.last_transition_time = epoch();
+    }
+    s.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
+    s
+}
+
+/// Whether the `progress` shown is left over from an earlier attempt: the worker last wrote it
+/// before the current attempt's Pod existed. Then the operator clears it (see
+/// `controller::clear_stale_progress`) so nobody sees the last attempt's 100 % while a retry runs.
+pub fn progress_is_stale(
+    rj: &RecordingJob,
+    current_attempt: Option<&Attempt>,
+    worker_field_manager: &str,
+) -> bool {
+    let Some(_) = rj.status.as_ref().and_then(|s| s.progress) else {
+        return false;
+    };
+    let Some(created) = current_attempt.and_then(|a| a.created.as_ref()) else {
+        return false;
+    };
+    let last_write = rj
+        .managed_fields()
+        .iter()
+        .filter(|m| m.manager.as_deref() == Some(worker_field_manager))
+        .filter_map(|m| m.time.as_ref())
+        .max();
+    last_write.is_some_and(|written| written.0 < created.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{job, pod, pod_created, recording_job};
+
+    const RJ: &str = r#"
+metadata: {name: rec-1, namespace: studio, uid: rj-uid, generation: 1}
+spec:
+  roomId: room1
+  recordingId: r1
+  tracks: [{participantId: alice, source: {prefix: c/alice/, chunkCount: 3}}]
+  output: {prefix: out/}
+  backoffLimit: 2
+"#;
+
+    fn now() -> jiff::Timestamp {
+        "2026-01-01T10:05:00Z".parse().unwrap()
+    }
+
+    fn rj_with_status(status: &str) -> RecordingJob {
+        recording_job(&format!("{RJ}status: {status}\n"))
+    }
+
+    fn condition<'a>(s: &'a RecordingJobStatus, type_: &str) -> Option<&'a Condition> {
+        s.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    const SUCCEEDED_REPORT: &str = r#"'{"result":"succeeded","outputs":[{"participantId":"alice","key":"out/alice.mp4","sizeBytes":1000,"durationSeconds":30.0},{"participantId":"bob","key":"out/bob.mp4","sizeBytes":2000,"durationSeconds":29.9}]}'"#;
+    const MISSING_REPORT: &str = r#"'{"result":"failed","reason":"MissingChunk","message":"chunk 00000001.webm of alice is missing"}'"#;
+    const STORAGE_REPORT: &str =
+        r#"'{"result":"failed","reason":"StorageError","message":"connection refused"}'"#;
+
+    struct Row {
+        name: &'static str,
+        job_status: Option<&'static str>,
+        pods: Vec<Pod>,
+        admission: Admission,
+        phase: Phase,
+        attempts: Option<i32>,
+        reason: Option<&'static str>,
+        message_contains: Option<&'static str>,
+        outputs: usize,
+        true_conditions: &'static [&'static str],
+    }
+
+    fn rows() -> Vec<Row> {
+        let term = |code: i32, msg: &str| {
+            format!(
+                "{{terminated: {{exitCode: {code}, finishedAt: '2026-01-01T10:01:00Z', message: {msg}}}}}"
+            )
+        };
+        vec![
+            Row {
+                name: "no Job, a free slot",
+                job_status: None,
+                pods: vec![],
+                admission: Admission::Admitted,
+                phase: Phase::Pending,
+                attempts: None,
+                reason: None,
+                message_contains: None,
+                outputs: 0,
+                true_conditions: &[],
+            },
+            Row {
+                name: "no Job, every slot taken",
+                job_status: None,
+                pods: vec![],
+                admission: Admission::Queued {
+                    max_running_jobs: 2,
+                },
+                phase: Phase::Queued,
+                attempts: None,
+                reason: None,
+                message_contains: None,
+                outputs: 0,
+                true_conditions: &["Queued"],
+            },
+            Row {
+                name: "invalid spec",
+                job_status: None,
+                pods: vec![],
+                admission: Admission::Invalid("spec.tracks[1] is bad".into()),
+                phase: Phase::Failed,
+                attempts: None,
+                reason: Some("InvalidSpec"),
+                message_contains: Some("spec.tracks[1]"),
+                outputs: 0,
+                true_conditions: &["Failed"],
+            },
+            Row {
+                name: "Job created, Pod not started",
+                job_status: Some("{startTime: '2026-01-01T10:00:00Z', active: 1}"),
+                pods: vec![pod("rec-1-a", "job-uid", "Pending", "{waiting: {}}")],
+                admission: Admission::Admitted,
+                phase: Phase::Pending,
+                attempts: Some(0),
+                reason: None,
+                message_contains: None,
+                outputs: 0,
+                true_conditions: &[],
+            },
+            Row {
+                name: "Pod running",
+                job_status: Some("{startTime: '2026-01-01T10:00:00Z', active: 1}"),
+                pods: vec![pod("rec-1-a", "job-uid", "Running", "{running: {}}")],
+                admission: Admission::Admitted,
+                phase: Phase::Running,
+                attempts: Some(1),
+                reason: None,
+                message_contains: None,
+                outputs: 0,
+                true_conditions: &["Running"],
+            },
+            Row {
+                name: "retrying after a transient failure",
+                job_status: Some("{startTime: '2026-01-01T10:00:00Z', active: 1, failed: 1}"),
+                pods: vec![
+                    pod("rec-1-a", "job-uid", "Failed", &term(1, STORAGE_REPORT)),
+                    pod_created(
+                        "rec-1-b",
+                        "job-uid",
+                        "Running",
+                        "{running: {}}",
+                        "2026-01-01T10:02:00Z",
+                    ),
+                ],
+                admission: Admission::Admitted,
+                phase: Phase::Running,
+                attempts: Some(2),
+                reason: Some("StorageError"),
+                message_contains: Some("connection refused"),
+                outputs: 0,
+                true_conditions: &["Running"],
+            },
+            Row {
+                name: "succeeded with the worker's outputs",
+                job_status: Some(
+                    "{startTime: '2026-01-01T10:00:00Z', completionTime: '2026-01-01T10:01:00Z', succeeded: 1, conditions: [{type: Complete, status: 'True'}]}",
+                ),
+                pods: vec![pod(
+                    "rec-1-a",
+                    "job-uid",
+                    "Succeeded",
+                    &term(0, SUCCEEDED_REPORT),
+                )],
+                admission: Admission::Admitted,
+                phase: Phase::Succeeded,
+                attempts: Some(1),
+                reason: None,
+                message_contains: None,
+                outputs: 2,
+                true_conditions: &["Complete"],
+            },
+            Row {
+                name: "bad input fails after one attempt, whatever the Job says",
+                job_status: Some(
+                    "{startTime: '2026-01-01T10:00:00Z', failed: 1, conditions: [{type: Failed, status: 'True', reason: DeadlineExceeded, message: 'Job was active longer than specified deadline'}]}",
+                ),
+                pods: vec![pod(
+                    "rec-1-a",
+                    "job-uid",
+                    "Failed",
+                    &term(2, MISSING_REPORT),
+                )],
+                admission: Admission::Admitted,
+                phase: Phase::Failed,
+                attempts: Some(1),
+                reason: Some("MissingChunk"),
+                message_contains: Some("chunk 00000001.webm of alice is missing"),
+                outputs: 0,
+                true_conditions: &["Failed"],
+            },
+            Row {
+                name: "bad input before the Job noticed",
+                job_status: Some("{startTime: '2026-01-01T10:00:00Z', failed: 1}"),
+                pods: vec![pod(
+                    "rec-1-a",
+                    "job-uid",
+                    "Failed",
+                    &term(2, MISSING_REPORT),
+                )],
+                admission: Admission::Admitted,
+                phase: Phase::Failed,
+                attempts: Some(1),
+                reason: Some("MissingChunk"),
+                message_contains: Some("missing"),
+                outputs: 0,
+                true_conditions: &["Failed"],
+            },
+            Row {
+                name: "retries used up",
+                job_status: Some(
+                    "{startTime: '2026-01-01T10:00:00Z', failed: 3, conditions: [{type: Failed, status: 'True', reason: BackoffLimitExceeded, message: 'Job has reached the specified backoff limit', lastTransitionTime: '2026-01-01T10:04:00Z'}]}",
+                ),
+                pods: vec![
+                    pod("rec-1-a", "job-uid", "Failed", &term(1, STORAGE_REPORT)),
+                    pod("rec-1-b", "job-uid", "Failed", &term(1, STORAGE_REPORT)),
+                    pod("rec-1-c", "job-uid", "Failed", &term(1, STORAGE_REPORT)),
+                ],
+                admission: Admission::Admitted,
+                phase: Phase::Failed,
+                attempts: Some(3),
+                reason: Some("BackoffLimitExceeded"),
+                message_contains: Some("last attempt: StorageError: connection refused"),
+                outputs: 0,
+                true_conditions: &["Failed"],
+            },
+            Row {
+                name: "deadline, the running Pod deleted by the Job controller",
+                job_status: Some(
+                    "{startTime: '2026-01-01T10:00:00Z', failed: 1, conditions: [{type: Failed, status: 'True', reason: DeadlineExceeded, message: 'Job was active longer than specified deadline'}]}",
+                ),
+                pods: vec![],
+                admission: Admission::Admitted,
+                phase: Phase::Failed,
+                attempts: Some(1),
+                reason: Some("DeadlineExceeded"),
+                message_contains: Some("deadline"),
+                outputs: 0,
+                true_conditions: &["Failed"],
+            },
+        ]
+    }
+
+    #[test]
+    fn status_follows_the_job_and_its_pods() {
+        let rj = recording_job(RJ);
+        for row in rows() {
+            let job = row.job_status.map(|s| job("rec-1", "job-uid", s));
+            let pods: Vec<&Pod> = row.pods.iter().collect();
+            let status = derive_status(&rj, job.as_ref(), &pods, &row.admission, now());
+            let name = row.name;
+            assert_eq!(status.phase, Some(row.phase), "{name}");
+            assert_eq!(status.attempts, row.attempts, "{name}: attempts");
+            assert_eq!(status.reason.as_deref(), row.reason, "{name}: reason");
+            if let Some(part) = row.message_contains {
+                let message = status.message.as_deref().unwrap_or_default();
+                assert!(message.contains(part), "{name}: {message:?} lacks {part:?}");
+            }
+            assert_eq!(status.outputs.len(), row.outputs, "{name}: outputs");
+            assert_eq!(status.progress, None, "{name}: progress is the worker's");
+            assert_eq!(status.observed_generation, Some(1), "{name}");
+            let true_conditions: Vec<&str> = status
+                .conditions
+                .iter()
+                .filter(|c| c.status == "True")
+                .map(|c| c.type_.as_str())
+                .collect();
+            assert_eq!(true_conditions, row.true_conditions, "{name}: conditions");
+            assert_eq!(status.job_name.is_some(), job.is_some(), "{name}: jobName");
+            if row.phase.is_finished() {
+                assert!(status.completion_time.is_some(), "{name}: completionTime");
+            }
+        }
+    }
+
+    #[test]
+    fn outputs_carry_sizes_and_durations() {
+        let rj = recording_job(RJ);
+        let job = job(
+            "rec-1",
+            "job-uid",
+            "{completionTime: '2026-01-01T10:01:00Z', conditions: [{type: Complete, status: 'True'}]}",
+        );
+        let p = pod(
+            "rec-1-a",
+            "job-uid",
+            "Succeeded",
+            &format!("{{terminated: {{exitCode: 0, message: {SUCCEEDED_REPORT}}}}}"),
+        );
+        let status = derive_status(&rj, Some(&job), &[&p], &Admission::Admitted, now());
+        assert_eq!(status.outputs[1].participant_id, "bob");
+        assert_eq!(status.outputs[1].size_bytes, 2000);
+        assert_eq!(status.outputs[1].duration_seconds, 29.9);
+        assert_eq!(
+            status.completion_time,
+            Some(Time("2026-01-01T10:01:00Z".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn transition_times_move_only_when_a_condition_flips() {
+        let running_job = job("rec-1", "job-uid", "{active: 1}");
+        let running_pod = pod("rec-1-a", "job-uid", "Running", "{running: {}}");
+        let rj = recording_job(RJ);
+        let first = derive_status(
+            &rj,
+            Some(&running_job),
+            &[&running_pod],
+            &Admission::Admitted,
+            now(),
+        );
+        let ran_at = condition(&first, "Running")
+            .unwrap()
+            .last_transition_time
+            .clone();
+        assert_eq!(ran_at, Time(now()));
+
+        // Later, same world: nothing moves, so nothing needs writing.
+        let mut rj2 = rj.clone();
+        rj2.status = Some(first.clone());
+        let later = now()
+            .checked_add(jiff::SignedDuration::from_secs(30))
+            .unwrap();
+        let second = derive_status(
+            &rj2,
+            Some(&running_job),
+            &[&running_pod],
+            &Admission::Admitted,
+            later,
+        );
+        assert_eq!(second, first);
+        assert!(!needs_write(Some(&first), &second));
+
+        // The Pod succeeds: Running flips to False with a new time, Queued keeps its own.
+        let done_job = job(
+            "rec-1",
+            "job-uid",
+            "{succeeded: 1, conditions: [{type: Complete, status: 'True'}]}",
+        );
+        let done_pod = pod(
+            "rec-1-a",
+            "job-uid",
+            "Succeeded",
+            "{terminated: {exitCode: 0}}",
+        );
+        let third = derive_status(
+            &rj2,
+            Some(&done_job),
+            &[&done_pod],
+            &Admission::Admitted,
+            later,
+        );
+        assert_eq!(condition(&third, "Running").unwrap().status, "False");
+        assert_eq!(
+            condition(&third, "Running").unwrap().last_transition_time,
+            Time(later)
+        );
+        assert_eq!(
+            condition(&third, "Queued").unwrap().last_transition_time,
+            condition(&first, "Queued").unwrap().last_transition_time
+        );
+        assert!(needs_write(Some(&first), &third));
+    }
+
+    #[test]
+    fn finished_statuses_are_final_even_when_the_job_is_gone() {
+        let rj = rj_with_status(
+            r#"{phase: Succeeded, jobName: rec-1, attempts: 1, progress: 100, observedGeneration: 1,
+               outputs: [{participantId: alice, key: out/alice.mp4, sizeBytes: 5, durationSeconds: 1.0}]}"#,
+        );
+        let status = derive_status(&rj, None, &[], &Admission::Admitted, now());
+        assert_eq!(status.phase, Some(Phase::Succeeded));
+        assert_eq!(status.outputs.len(), 1);
+        assert_eq!(status.progress, None);
+    }
+
+    #[test]
+    fn an_invalid_spec_is_judged_again_after_an_edit() {
+        let mut rj = rj_with_status("{phase: Failed, reason: InvalidSpec, observedGeneration: 1}");
+        rj.metadata.generation = Some(2);
+        let status = derive_status(&rj, None, &[], &Admission::Admitted, now());
+        assert_eq!(status.phase, Some(Phase::Pending));
+        assert_eq!(status.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn only_timestamp_changes_need_no_write() {
+        let base = derive_status(
+            &recording_job(RJ),
+            None,
+            &[],
+            &Admission::Queued {
+                max_running_jobs: 2,
+            },
+            now(),
+        );
+        let mut moved = base.clone();
+        moved.conditions[0].last_transition_time = Time(jiff::Timestamp::UNIX_EPOCH);
+        assert!(!needs_write(Some(&base), &moved));
+        let mut with_progress = base.clone();
+        with_progress.progress = Some(40);
+        assert!(
+            !needs_write(Some(&with_progress), &base),
+            "progress is not ours"
+        );
+        let mut other = base.clone();
+        other.phase = Some(Phase::Pending);
+        assert!(needs_write(Some(&base), &other));
+        assert!(needs_write(None, &base));
+    }
+
+    #[test]
+    fn progress_of_an_earlier_attempt_is_stale() {
+        let with_progress = |time: &str| {
+            let mut rj = rj_with_status("{progress: 100}");
+            rj.metadata.managed_fields = Some(vec![serde_yaml::from_str(&format!(
+                "{{manager: mixdown-worker, operation: Apply, subresource: status, time: '{time}'}}"
+            ))
+            .unwrap()]);
+            rj
+        };
+        let attempt = |created: &str| Attempt {
+            name: "p".into(),
+            created: Some(Time(created.parse().unwrap())),
+            started: true,
+            running: true,
+            ended: None,
+        };
+        let stale = with_progress("2026-01-01T10:00:30Z");
+        assert!(progress_is_stale(
+            &stale,
+            Some(&attempt("2026-01-01T10:01:00Z")),
+            "mixdown-worker"
+        ));
+        let fresh = with_progress("2026-01-01T10:01:00Z");
+        assert!(!progress_is_stale(
+            &fresh,
+            Some(&attempt("2026-01-01T10:01:00Z")),
+            "mixdown-worker"
+        ));
+        assert!(!progress_is_stale(&stale, None, "mixdown-worker"));
+        assert!(!progress_is_stale(
+            &recording_job(RJ),
+            Some(&attempt("2026-01-01T10:01:00Z")),
+            "mixdown-worker"
+        ));
+    }
+}
