@@ -1,0 +1,175 @@
+//! Keeps every process the test kit starts from outliving the test binary.
+//!
+//! Three layers, because each one alone has a gap:
+//! - `PR_SET_PDEATHSIG(SIGKILL)`: the kernel kills a child when the *thread* that spawned it exits,
+//!   which covers a test binary that is killed outright (no destructors, no atexit);
+//! - a process group per child: a pod's `sh -c` may fork grandchildren that PDEATHSIG does not
+//!   reach, and killing the group takes them too, like a container runtime tearing down a cgroup;
+//! - an `atexit` handler: libtest leaves through `exit()` even when tests panic, so this is where the
+//!   control plane gets a graceful SIGTERM and the temporary directories are removed.
+//!
+//! Directories are named `<prefix><pid>-<random>` so that a later run can remove those left behind
+//! by a test binary that died before its `atexit` handler ran.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, Once};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+/// How long the control plane gets to shut down on SIGTERM before SIGKILL.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// Prefixes of the directories this module owns under the temporary directory.
+pub(crate) const DIR_PREFIXES: &[&str] = &["mixdown-cp-", "mixdown-pods-"];
+
+struct Tracked {
+    /// Process ids, each the leader of its own process group.
+    groups: BTreeSet<i32>,
+    dirs: BTreeSet<PathBuf>,
+}
+
+static TRACKED: Mutex<Tracked> = Mutex::new(Tracked {
+    groups: BTreeSet::new(),
+    dirs: BTreeSet::new(),
+});
+static AT_EXIT: Once = Once::new();
+
+/// A panic while holding the lock must not stop the cleanup at exit.
+fn tracked() -> MutexGuard<'static, Tracked> {
+    TRACKED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn register_at_exit() {
+    AT_EXIT.call_once(|| {
+        // SAFETY: `cleanup` is an `extern "C" fn()` that does not unwind.
+        unsafe { libc::atexit(cleanup) };
+    });
+}
+
+/// Runs in the child between fork and exec: ask the kernel to kill it when the spawning thread
+/// ends. Only async-signal-safe calls are allowed here.
+pub(crate) fn die_with_parent() -> io::Result<()> {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a plain integer signal number.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Tracks a process group (by its leader's pid) until [`untrack_group`]; killed at exit.
+pub(crate) fn track_group(pid: u32) {
+    register_at_exit();
+    if let Ok(pid) = i32::try_from(pid) {
+        tracked().groups.insert(pid);
+    }
+}
+
+pub(crate) fn untrack_group(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        tracked().groups.remove(&pid);
+    }
+}
+
+/// Sends `signal` to the whole process group led by `pid`.
+pub(crate) fn signal_group(pid: u32, signal: i32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // SAFETY: kill has no memory-safety preconditions; ESRCH (already gone) is fine.
+        unsafe { libc::kill(-pid, signal) };
+    }
+}
+
+/// Creates `<temp_dir>/<prefix><pid>-<random>`, removed at exit unless untracked before.
+pub(crate) fn temp_dir(prefix: &str) -> Result<PathBuf> {
+    register_at_exit();
+    sweep_stale_dirs();
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{prefix}{}-", std::process::id()))
+        .tempdir_in(std::env::temp_dir())
+        .context("creating a temporary directory")?
+        .keep();
+    tracked().dirs.insert(dir.clone());
+    Ok(dir)
+}
+
+/// Removes a directory from [`temp_dir`] now, instead of at exit.
+pub(crate) fn remove_dir(dir: &Path) {
+    tracked().dirs.remove(dir);
+    let _ = fs::remove_dir_all(dir);
+}
+
+/// Removes directories whose owning test binary is gone; cheap (one readdir), so done on every
+/// creation.
+fn sweep_stale_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = DIR_PREFIXES.iter().find_map(|p| name.strip_prefix(p)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Reaps `pid` if it is our child and has exited; true when it is gone (or not ours to wait for).
+fn reaped(pid: i32) -> bool {
+    let mut status = 0;
+    // SAFETY: status is a valid out pointer.
+    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    r == pid || r == -1
+}
+
+fn wait_all(pids: &mut Vec<i32>, deadline: Instant) {
+    while !pids.is_empty() && Instant::now() < deadline {
+        pids.retain(|&pid| !reaped(pid));
+        if !pids.is_empty() {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Stops every tracked process group and removes every tracked directory.
+pub(crate) fn cleanup_all() {
+    let (groups, dirs) = {
+        let mut t = tracked();
+        (std::mem::take(&mut t.groups), std::mem::take(&mut t.dirs))
+    };
+    let mut alive: Vec<i32> = groups.iter().copied().collect();
+    for &pid in &alive {
+        // SAFETY: see signal_group.
+        unsafe { libc::kill(-pid, libc::SIGTERM) };
+    }
+    wait_all(&mut alive, Instant::now() + GRACE);
+    // The group may hold grandchildren even when its leader is gone.
+    for &pid in &groups {
+        // SAFETY: see signal_group.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    wait_all(&mut alive, Instant::now() + Duration::from_millis(500));
+    for dir in dirs {
+        // A process killed a moment ago may still have created a file; one retry is enough.
+        if fs::remove_dir_all(&dir).is_err() {
+            thread::sleep(Duration::from_millis(50));
+            let _ = fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+extern "C" fn cleanup() {
+    // Never unwind across the C boundary.
+    let _ = std::panic::catch_unwind(cleanup_all);
+}

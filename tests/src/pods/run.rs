@@ -1,0 +1,364 @@
+//! One Pod's life on the pod runner's Node, from its first container's start to its end, like the
+//! kubelet's pod worker: build the container's configuration (retrying while a Secret or the
+//! ServiceAccount is missing), start the process, report Running, then either report how it ended
+//! (and restart it if the restart policy says so) or, when the Pod is being deleted, stop the
+//! process and finish the deletion.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Container, Pod, ServiceAccount};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+use super::Runner;
+use super::container::{self, PathMap};
+use super::status::{self, ContainerId};
+use crate::cluster::children;
+
+/// The grace period a deleted Pod gets at most, whatever it asks for: tests should not wait 30 s.
+const MAX_GRACE: Duration = Duration::from_secs(3);
+const CONFIG_RETRY: Duration = Duration::from_secs(1);
+/// Restart backoff for `OnFailure`/`Always`: doubles from this, up to [`MAX_RESTART_DELAY`]. The
+/// kubelet starts at 10 s; tests want their retries sooner.
+const RESTART_DELAY: Duration = Duration::from_millis(500);
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(10);
+const TOKEN_SECONDS: i64 = 3600;
+
+/// Tells a Pod's worker that its Pod is being deleted: `Some(grace seconds)`. A dropped sender
+/// means the Pod is already gone.
+pub(super) type Deletion = watch::Receiver<Option<i64>>;
+
+/// Runs one Pod bound to this runner's Node until it ends or is deleted.
+pub(super) async fn run_pod(runner: Arc<Runner>, pod: Pod, mut deletion: Deletion) {
+    let name = pod.name_any();
+    if let Err(e) = PodWorker::new(&runner, &pod).run(&mut deletion).await {
+        tracing::warn!(pod = %name, error = format!("{e:#}"), "pod runner: pod worker failed");
+    }
+}
+
+struct PodWorker<'a> {
+    runner: &'a Runner,
+    pod: &'a Pod,
+    api: Api<Pod>,
+    name: String,
+}
+
+enum Outcome {
+    Exited(ExitStatus),
+    Deleted,
+}
+
+impl<'a> PodWorker<'a> {
+    fn new(runner: &'a Runner, pod: &'a Pod) -> Self {
+        PodWorker {
+            api: Api::namespaced(runner.client.clone(), &runner.namespace),
+            name: pod.name_any(),
+            runner,
+            pod,
+        }
+    }
+
+    async fn patch_status(&self, patch: Value) -> Result<()> {
+        self.api
+            .patch_status(
+                &self.name,
+                &PatchParams::default(),
+                &Patch::Strategic(patch),
+            )
+            .await
+            .with_context(|| format!("updating the status of pod {}", self.name))?;
+        Ok(())
+    }
+
+    /// Finishes a graceful deletion, as the kubelet does once the containers are gone: without
+    /// this a bound Pod stays Terminating forever. The uid precondition spares a new Pod that
+    /// reuses the name.
+    async fn delete_now(&self, deletion: &Deletion) -> Result<()> {
+        if deletion.has_changed().is_err() {
+            return Ok(()); // the watch saw the Pod go
+        }
+        delete_pod_now(&self.api, self.pod).await
+    }
+
+    async fn run(&self, deletion: &mut Deletion) -> Result<()> {
+        let spec = self.pod.spec.as_ref().context("the pod has no spec")?;
+        let container = spec
+            .containers
+            .first()
+            .context("the pod has no containers")?;
+        let image = container.image.as_deref().unwrap_or_default();
+        let mut id = ContainerId {
+            name: &container.name,
+            image,
+            pid: None,
+        };
+        let Some(program) = self.runner.images.get(image) else {
+            let mapped: Vec<&str> = self.runner.images.keys().map(String::as_str).collect();
+            let message = format!(
+                "image {image:?} is not mapped to a local program by this pod runner (it maps {mapped:?}); \
+                 add .image({image:?}, \"/path/to/program\") to the PodRunner"
+            );
+            tracing::warn!(pod = %self.name, "{message}");
+            return self
+                .patch_status(status::failed_to_start(&id, "ErrImagePull", &message))
+                .await;
+        };
+
+        let uid = self.pod.uid().unwrap_or_default();
+        let dir = self
+            .runner
+            .dir
+            .join(format!("{}-{}", self.name, uid.get(..8).unwrap_or(&uid)));
+        for sub in ["cwd", "home"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        let (paths, termination_log) = container::map_paths(self.pod, container, &dir)?;
+        let log_path = dir.join("container.log");
+
+        let (env, args) = loop {
+            match self.configure(container, &dir, &paths).await {
+                Ok(config) => break config,
+                Err(e) => {
+                    let message = format!("{e:#}");
+                    tracing::info!(pod = %self.name, %message, "pod runner: container config not ready, retrying");
+                    let _ = self
+                        .patch_status(status::waiting(&id, "CreateContainerConfigError", &message))
+                        .await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(CONFIG_RETRY) => {}
+                        _ = deletion.changed() => return self.delete_now(deletion).await,
+                    }
+                }
+            }
+        };
+
+        let restart_policy = spec.restart_policy.as_deref().unwrap_or("Always");
+        let fallback_to_logs =
+            container.termination_message_policy.as_deref() == Some("FallbackToLogsOnError");
+        let start_time = status::now();
+        let mut restart_count = 0;
+        let mut last: Option<Value> = None;
+        loop {
+            std::fs::write(&termination_log, b"")?;
+            let started_at = status::now();
+            let mut child = match self.spawn(program, &args, &env, &dir, &log_path) {
+                Ok(child) => child,
+                Err(e) => {
+                    let message = format!("{e:#}");
+                    tracing::warn!(pod = %self.name, %message, "pod runner: cannot start the container");
+                    return self
+                        .patch_status(status::failed_to_start(&id, "StartError", &message))
+                        .await;
+                }
+            };
+            let pid = child.id();
+            id.pid = pid;
+            tracing::info!(pod = %self.name, ?pid, program = %program.display(), ?args, "pod runner: container started");
+            self.patch_status(status::running(
+                &id,
+                &start_time,
+                &started_at,
+                restart_count,
+                last.as_ref(),
+            ))
+            .await?;
+
+            let outcome = tokio::select! {
+                exited = child.wait() => Outcome::Exited(exited?),
+                _ = deletion.changed() => Outcome::Deleted,
+            };
+            let exited = match outcome {
+                Outcome::Deleted => {
+                    let grace = deletion.borrow().unwrap_or(0);
+                    self.stop(&mut child, grace).await;
+                    return self.delete_now(deletion).await;
+                }
+                Outcome::Exited(exited) => exited,
+            };
+            // Whatever the main process left running goes with it, as with a container.
+            if let Some(pid) = pid {
+                self.runner.groups.kill(pid);
+            }
+            let exit_code = exited
+                .code()
+                .unwrap_or_else(|| 128 + exited.signal().unwrap_or(0));
+            let message = status::termination_message(
+                &std::fs::read(&termination_log).unwrap_or_default(),
+                &std::fs::read(&log_path).unwrap_or_default(),
+                fallback_to_logs,
+                exit_code,
+            );
+            tracing::info!(pod = %self.name, exit_code, %message, "pod runner: container exited");
+            let terminated = status::terminated_state(exit_code, &message, &started_at, pid);
+            let restart = match restart_policy {
+                "Always" => true,
+                "OnFailure" => exit_code != 0,
+                _ => false,
+            };
+            if !restart {
+                return self
+                    .patch_status(status::finished(
+                        &id,
+                        restart_count,
+                        terminated,
+                        last.as_ref(),
+                    ))
+                    .await;
+            }
+            let delay = RESTART_DELAY
+                .saturating_mul(1 << restart_count.min(8))
+                .min(MAX_RESTART_DELAY);
+            restart_count += 1;
+            last = Some(terminated);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = deletion.changed() => return self.delete_now(deletion).await,
+            }
+        }
+    }
+
+    /// The container's environment and arguments. The Pod runs with its ServiceAccount's identity:
+    /// a token from the TokenRequest API, bound to the Pod, in a kubeconfig named by `KUBECONFIG`.
+    async fn configure(
+        &self,
+        container: &Container,
+        dir: &Path,
+        paths: &PathMap,
+    ) -> Result<(Vec<(String, String)>, Vec<String>)> {
+        let kubeconfig = self.write_kubeconfig(dir).await?;
+        // What the image and the container runtime would provide; the container can override it.
+        let base = vec![
+            (
+                "PATH".to_string(),
+                std::env::var("PATH").unwrap_or_default(),
+            ),
+            ("HOSTNAME".to_string(), self.name.clone()),
+            ("HOME".to_string(), dir.join("home").display().to_string()),
+            ("KUBECONFIG".to_string(), kubeconfig.display().to_string()),
+        ];
+        let env =
+            container::environment(&self.runner.client, self.pod, container, base, paths).await?;
+        let args = container::arguments(container, &env, paths);
+        Ok((env, args))
+    }
+
+    async fn write_kubeconfig(&self, dir: &Path) -> Result<PathBuf> {
+        let account = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.as_deref())
+            .unwrap_or("default");
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                // Empty: the API server's own audience, which is what it accepts back.
+                audiences: Vec::new(),
+                expiration_seconds: Some(TOKEN_SECONDS),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(self.name.clone()),
+                    uid: self.pod.uid(),
+                }),
+            },
+            ..TokenRequest::default()
+        };
+        let accounts: Api<ServiceAccount> =
+            Api::namespaced(self.runner.client.clone(), &self.runner.namespace);
+        let response: TokenRequest = accounts
+            .create_subresource("token", account, &PostParams::default(), &request)
+            .await
+            .with_context(|| format!("requesting a token for ServiceAccount {account}"))?;
+        let token = response
+            .status
+            .map(|s| s.token)
+            .context("the TokenRequest came back without a token")?;
+        let kubeconfig = json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "cluster", "cluster": {
+                "server": self.runner.server_url,
+                "certificate-authority": self.runner.ca_file,
+            }}],
+            "users": [{"name": account, "user": {"token": token}}],
+            "contexts": [{"name": "pod", "context": {
+                "cluster": "cluster", "user": account, "namespace": self.runner.namespace,
+            }}],
+            "current-context": "pod",
+        });
+        let path = dir.join("kubeconfig");
+        std::fs::write(&path, serde_yaml::to_string(&kubeconfig)?)?;
+        Ok(path)
+    }
+
+    fn spawn(
+        &self,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        dir: &Path,
+        log_path: &Path,
+    ) -> Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .current_dir(dir.join("cwd"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .process_group(0);
+        // SAFETY: die_with_parent only calls prctl, which is async-signal-safe.
+        unsafe { cmd.pre_exec(children::die_with_parent) };
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        if let Some(pid) = child.id() {
+            self.runner.groups.add(pid);
+        }
+        Ok(child)
+    }
+
+    /// SIGTERM, then SIGKILL once the grace period (capped) is over, to the whole group.
+    async fn stop(&self, child: &mut Child, grace_seconds: i64) {
+        let Some(pid) = child.id() else { return };
+        let grace = Duration::from_secs(grace_seconds.max(0).unsigned_abs()).min(MAX_GRACE);
+        tracing::info!(pod = %self.name, pid, ?grace, "pod runner: pod deleted, stopping its container");
+        children::signal_group(pid, libc::SIGTERM);
+        let _ = tokio::time::timeout(grace, child.wait()).await;
+        self.runner.groups.kill(pid);
+        let _ = child.wait().await;
+    }
+}
+
+/// Deletes a Pod at once (grace period 0), if it is still the same Pod.
+pub(super) async fn delete_pod_now(api: &Api<Pod>, pod: &Pod) -> Result<()> {
+    let name = pod.name_any();
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: pod.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("deleting pod {name}")),
+    }
+}
