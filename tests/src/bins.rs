@@ -15,7 +15,9 @@ pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
     // One build at a time: concurrent tests asking for the same binary would only wait on
     // cargo's lock anyway, and this keeps its output readable.
     static BUILD: Mutex<()> = Mutex::new(());
-    let _guard = BUILD.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _guard = BUILD
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
 
     let root = workspace_root();
     let release = cfg!(not(debug_assertions));
