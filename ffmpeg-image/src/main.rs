@@ -1,1 +1,147 @@
-fn main() {}
+//! `mixdown-worker`: the entry point of a processing Job's container. Parses the settings, runs
+//! the job, writes the report and exits with the code the operator reads.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+use mixdown_crds::WorkerReport;
+use mixdown_crds::names::{env, exit_codes, reasons};
+use mixdown_worker::config::{Args, LogFormat};
+use mixdown_worker::error::WorkerError;
+use mixdown_worker::report;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(err)
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => return invalid_settings(&err),
+    };
+    init_tracing(args.log_format);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start the async runtime");
+            return exit(exit_codes::TRANSIENT);
+        }
+    };
+    let code = runtime.block_on(run(args));
+    // Downloads still running after a failure are not worth waiting for.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    exit(code)
+}
+
+async fn run(args: Args) -> i32 {
+    let cancel = CancellationToken::new();
+    let signal: Arc<OnceLock<&'static str>> = Arc::default();
+    tokio::spawn(watch_signals(cancel.clone(), signal.clone()));
+
+    let result = mixdown_worker::run(&args, cancel).await;
+    let result = match (result, signal.get()) {
+        (Err(_), Some(name)) => Err(WorkerError::Interrupted(name)),
+        (result, _) => result,
+    };
+    match result {
+        Ok(outputs) => {
+            tracing::info!(outputs = outputs.len(), "done");
+            finish(
+                &args.termination_message_path,
+                &WorkerReport::Succeeded { outputs },
+            );
+            exit_codes::SUCCESS
+        }
+        Err(err) => {
+            tracing::error!(reason = err.reason(), exit_code = err.exit_code(), "{err}");
+            if let Some(report) = err.report() {
+                finish(&args.termination_message_path, &report);
+            }
+            err.exit_code()
+        }
+    }
+}
+
+/// The report goes to the termination message and, for people running the worker by hand, to
+/// stdout.
+fn finish(path: &std::path::Path, report: &WorkerReport) {
+    let json = report::render(report);
+    report::write(path, &json);
+    println!("{json}");
+}
+
+/// Settings clap rejects are bad input like any other: reported, exit 2.
+fn invalid_settings(err: &clap::Error) -> ExitCode {
+    let _ = err.print();
+    let path = std::env::var_os(env::TERMINATION_MESSAGE_PATH)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/dev/termination-log"));
+    let message = err.render().to_string();
+    let message = message
+        .lines()
+        .next()
+        .unwrap_or("invalid settings")
+        .to_owned();
+    let json = report::render(&WorkerReport::Failed {
+        reason: reasons::INVALID_INPUT.to_owned(),
+        message: format!(
+            "invalid settings: {}",
+            message.trim_start_matches("error: ")
+        ),
+    });
+    report::write(&path, &json);
+    exit(exit_codes::BAD_INPUT)
+}
+
+async fn watch_signals(cancel: CancellationToken, signal: Arc<OnceLock<&'static str>>) {
+    use tokio::signal::unix::{SignalKind, signal as unix_signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        unix_signal(SignalKind::terminate()),
+        unix_signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot listen for signals");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::warn!(
+        signal = name,
+        "stopping: aborting uploads, leaving the chunks"
+    );
+    let _ = signal.set(name);
+    cancel.cancel();
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

@@ -1,0 +1,257 @@
+//! Every setting of the worker: a command-line flag with an environment variable behind it.
+//!
+//! In a Pod the operator sets the environment (names in [`mixdown_crds::names::env`]); by hand,
+//! flags are easier. `mixdown-worker --help` lists them all; `ffmpeg-image/README.md` explains
+//! them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Parser, ValueEnum};
+use mixdown_crds::names::env;
+
+use crate::media::EncodeSettings;
+
+const ABOUT: &str = "Turns a recording's uploaded WebM chunks into finished files: streams the \
+chunks of each track from S3-compatible storage through ffmpeg into a multipart upload, verifies \
+each output, deletes the chunks, and writes a JSON report to the termination message path.";
+
+const AFTER_HELP: &str = "\
+Credentials come from the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, \
+AWS_SESSION_TOKEN) or the other sources of the AWS SDK's default chain.
+
+Exit codes: 0 every output written and verified; 2 bad input (no chunks, a gap, a wrong count, an \
+unreadable chunk, an invalid job): retrying will not help; 1 anything else (storage, ffmpeg, \
+verification): transient, retry.
+
+Log verbosity: RUST_LOG (default info), e.g. RUST_LOG=mixdown_worker=debug.
+
+Example, by hand:
+  AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... mixdown-worker \\
+    --job-file job.json --s3-endpoint https://ACCOUNT.r2.cloudflarestorage.com \\
+    --s3-bucket recordings --termination-message-path report.json";
+
+/// The command line; each flag falls back to its environment variable.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "mixdown-worker", version, about = ABOUT, after_help = AFTER_HELP)]
+pub struct Args {
+    /// The job as JSON (a WorkerJob: roomId, recordingId, tracks[{participantId,
+    /// source{prefix, chunkCount}}], output{prefix, profile: mp4|webm|audio},
+    /// cleanup{deleteChunks}). Set by the operator.
+    #[arg(long, env = env::JOB, hide_env_values = true, value_name = "JSON")]
+    pub job: Option<String>,
+
+    /// Read the job from this file instead (for running by hand); takes precedence over --job.
+    #[arg(long, value_name = "PATH")]
+    pub job_file: Option<PathBuf>,
+
+    /// S3 endpoint URL, e.g. https://ACCOUNT.r2.cloudflarestorage.com. Unset: AWS S3 (or
+    /// AWS_ENDPOINT_URL).
+    #[arg(long, env = env::S3_ENDPOINT, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// Region to sign requests for; R2 uses `auto`.
+    #[arg(long, env = env::S3_REGION, default_value = "auto")]
+    pub s3_region: String,
+
+    /// Bucket holding the chunks and the outputs.
+    #[arg(long, env = env::S3_BUCKET)]
+    pub s3_bucket: Option<String>,
+
+    /// Path-style addressing ({endpoint}/{bucket}/{key}) instead of virtual-hosted style;
+    /// needed by most S3-compatible servers other than AWS and R2.
+    #[arg(long, env = env::S3_PATH_STYLE, value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false", value_name = "BOOL")]
+    pub s3_path_style: bool,
+
+    /// Attempts per storage request (the AWS SDK's standard retry, exponential backoff), and per
+    /// chunk download.
+    #[arg(long, env = "MIXDOWN_S3_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub s3_max_attempts: u32,
+
+    /// Scratch directory for outputs while ffmpeg writes them (an emptyDir in the Pod). It must
+    /// hold the finished file of every track processed at once. Default: the system temp dir
+    /// ($TMPDIR or /tmp).
+    #[arg(long, env = env::SCRATCH_DIR, value_name = "DIR")]
+    pub scratch_dir: Option<PathBuf>,
+
+    /// Where the JSON report (a WorkerReport) is written. The report is printed on stdout too.
+    #[arg(long, env = env::TERMINATION_MESSAGE_PATH, default_value = "/dev/termination-log", value_name = "PATH")]
+    pub termination_message_path: PathBuf,
+
+    /// Name of the RecordingJob whose status.progress the worker patches (server-side apply).
+    /// Unset: progress is only logged.
+    #[arg(long, env = env::RECORDING_JOB, value_name = "NAME")]
+    pub recording_job: Option<String>,
+
+    /// Namespace of that RecordingJob. Unset: the namespace of the kubeconfig or service account.
+    #[arg(long, env = env::NAMESPACE)]
+    pub namespace: Option<String>,
+
+    /// Progress is reported (patched or logged) this often, in milliseconds.
+    #[arg(long, env = "MIXDOWN_PROGRESS_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=2000), value_name = "MS")]
+    pub progress_interval_ms: u64,
+
+    /// Chunks downloaded ahead of ffmpeg, per track. Memory: about this many chunks per track.
+    #[arg(long, env = "MIXDOWN_DOWNLOAD_AHEAD", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64), value_name = "N")]
+    pub download_ahead: u32,
+
+    /// Tracks of the job processed at once (each runs its own ffmpeg).
+    #[arg(long, env = "MIXDOWN_PARALLEL_TRACKS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=32), value_name = "N")]
+    pub parallel_tracks: u32,
+
+    /// Multipart upload part size in MiB (at least 5, the S3 and R2 minimum). Memory: up to
+    /// this times --upload-concurrency per track.
+    #[arg(long, env = "MIXDOWN_PART_SIZE_MIB", default_value_t = 8, value_parser = clap::value_parser!(u64).range(5..=1024), value_name = "MIB")]
+    pub part_size_mib: u64,
+
+    /// Parts uploaded at once, per track.
+    #[arg(long, env = "MIXDOWN_UPLOAD_CONCURRENCY", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16), value_name = "N")]
+    pub upload_concurrency: u32,
+
+    /// After a failure, keep trying this long (seconds) to abort the multipart upload, so that
+    /// no incomplete upload stays behind when storage comes back.
+    #[arg(
+        long,
+        env = "MIXDOWN_ABORT_TIMEOUT_SECS",
+        default_value_t = 60,
+        value_name = "SECS"
+    )]
+    pub abort_timeout_secs: u64,
+
+    /// The ffmpeg program.
+    #[arg(
+        long,
+        env = "MIXDOWN_FFMPEG",
+        default_value = "ffmpeg",
+        value_name = "PATH"
+    )]
+    pub ffmpeg: PathBuf,
+
+    /// The ffprobe program.
+    #[arg(
+        long,
+        env = "MIXDOWN_FFPROBE",
+        default_value = "ffprobe",
+        value_name = "PATH"
+    )]
+    pub ffprobe: PathBuf,
+
+    /// x264 preset of the mp4 profile when the video must be encoded (ultrafast … veryslow).
+    #[arg(long, env = "MIXDOWN_VIDEO_PRESET", default_value = "veryfast")]
+    pub video_preset: String,
+
+    /// x264 constant rate factor of the mp4 profile (0 lossless … 51 worst; 23 is x264's default).
+    #[arg(long, env = "MIXDOWN_VIDEO_CRF", default_value_t = 23, value_parser = clap::value_parser!(u8).range(0..=51))]
+    pub video_crf: u8,
+
+    /// AAC bit rate of the mp4 and audio profiles.
+    #[arg(long, env = "MIXDOWN_AUDIO_BITRATE", default_value = "128k")]
+    pub audio_bitrate: String,
+
+    /// Log format on stderr.
+    #[arg(long, env = "MIXDOWN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Args {
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.scratch_dir.clone().unwrap_or_else(std::env::temp_dir)
+    }
+
+    pub fn part_size(&self) -> u64 {
+        self.part_size_mib * 1024 * 1024
+    }
+
+    pub fn progress_interval(&self) -> Duration {
+        Duration::from_millis(self.progress_interval_ms)
+    }
+
+    pub fn abort_timeout(&self) -> Duration {
+        Duration::from_secs(self.abort_timeout_secs)
+    }
+
+    pub fn encode_settings(&self) -> EncodeSettings {
+        EncodeSettings {
+            video_preset: self.video_preset.clone(),
+            video_crf: self.video_crf,
+            audio_bitrate: self.audio_bitrate.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let args = Args::try_parse_from(["mixdown-worker", "--s3-bucket", "b"]).expect("parses");
+        assert_eq!(args.s3_region, "auto");
+        assert!(!args.s3_path_style);
+        assert_eq!(args.part_size(), 8 * 1024 * 1024);
+        assert_eq!(args.download_ahead, 4);
+        assert_eq!(args.parallel_tracks, 2);
+        assert_eq!(
+            args.termination_message_path,
+            PathBuf::from("/dev/termination-log")
+        );
+        assert!(args.progress_interval() <= Duration::from_secs(2));
+    }
+
+    #[test]
+    fn flags_parse_and_limits_hold() {
+        let args = Args::try_parse_from([
+            "mixdown-worker",
+            "--s3-bucket",
+            "b",
+            "--s3-path-style",
+            "true",
+            "--part-size-mib",
+            "16",
+            "--job-file",
+            "job.json",
+        ])
+        .expect("parses");
+        assert!(args.s3_path_style);
+        assert_eq!(args.part_size(), 16 * 1024 * 1024);
+        assert!(Args::try_parse_from(["mixdown-worker", "--part-size-mib", "4"]).is_err());
+        assert!(
+            Args::try_parse_from(["mixdown-worker", "--progress-interval-ms", "5000"]).is_err()
+        );
+    }
+
+    #[test]
+    fn help_documents_every_environment_variable() {
+        let help = Args::command().render_long_help().to_string();
+        for name in [
+            env::JOB,
+            env::S3_ENDPOINT,
+            env::S3_REGION,
+            env::S3_BUCKET,
+            env::S3_PATH_STYLE,
+            env::SCRATCH_DIR,
+            env::TERMINATION_MESSAGE_PATH,
+            env::RECORDING_JOB,
+            env::NAMESPACE,
+            "AWS_ACCESS_KEY_ID",
+            "MIXDOWN_DOWNLOAD_AHEAD",
+            "MIXDOWN_PARALLEL_TRACKS",
+        ] {
+            assert!(help.contains(name), "--help does not mention {name}");
+        }
+    }
+}

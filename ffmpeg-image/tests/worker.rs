@@ -1,0 +1,641 @@
+//! The worker as a process against the test kit's S3 server, on recordings generated with
+//! ffmpeg and split into one-second chunks like MediaRecorder's: each profile, two tracks, bad
+//! input, a storage outage mid-upload, progress, and the settings.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use mixdown_testkit::s3::S3Server;
+use serde_json::Value;
+
+const ROOM: &str = "room1";
+
+struct Setup {
+    server: S3Server,
+    bucket: String,
+    client: aws_sdk_s3::Client,
+    dir: tempfile::TempDir,
+}
+
+async fn setup() -> anyhow::Result<Setup> {
+    require_ffmpeg();
+    let server = S3Server::start().await?;
+    let bucket = server.create_bucket().await;
+    let client = server.client();
+    Ok(Setup {
+        server,
+        bucket,
+        client,
+        dir: tempfile::tempdir()?,
+    })
+}
+
+impl Setup {
+    /// Puts `spec`'s chunks for `participant` of `recording`; returns the prefix and chunk count.
+    async fn record(
+        &self,
+        spec: &Spec,
+        recording: &str,
+        participant: &str,
+    ) -> anyhow::Result<(String, u32)> {
+        let chunks = chunks(spec)?;
+        let prefix = chunk_prefix(ROOM, recording, participant);
+        put_chunks(&self.client, &self.bucket, &prefix, &chunks).await?;
+        Ok((prefix, chunks.len() as u32))
+    }
+
+    async fn keys(&self, prefix: &str) -> Vec<String> {
+        keys(&self.client, &self.bucket, prefix)
+            .await
+            .expect("listing")
+    }
+
+    fn assert_no_incomplete_upload(&self) {
+        assert_eq!(
+            self.server.incomplete_uploads(&self.bucket),
+            Vec::<String>::new(),
+            "a multipart upload was left behind"
+        );
+    }
+}
+
+fn output_key(recording: &str, participant: &str, ext: &str) -> String {
+    format!("riverside/processed/{ROOM}/{recording}/{participant}.{ext}")
+}
+
+/// The report's outputs, checked against the object in storage.
+async fn assert_reported(setup: &Setup, run: &WorkerRun, expected: &[(&str, &str)]) {
+    let report = run
+        .report
+        .as_ref()
+        .unwrap_or_else(|| panic!("no report\n{}", run.explain()));
+    assert_eq!(report["result"], "succeeded", "{}", run.explain());
+    let outputs = report["outputs"].as_array().expect("outputs");
+    assert_eq!(outputs.len(), expected.len(), "{}", run.explain());
+    for (output, (participant, key)) in outputs.iter().zip(expected) {
+        assert_eq!(output["participantId"], *participant);
+        assert_eq!(output["key"], *key);
+        let stored = get(&setup.client, &setup.bucket, key)
+            .await
+            .expect("output exists");
+        assert_eq!(
+            output["sizeBytes"].as_u64(),
+            Some(stored.len() as u64),
+            "sizeBytes"
+        );
+        let duration = output["durationSeconds"].as_f64().expect("durationSeconds");
+        assert!(
+            (duration - 30.0).abs() <= 0.5,
+            "reported duration {duration}"
+        );
+    }
+    assert_eq!(
+        run.stdout.trim(),
+        run.report_text.trim(),
+        "the report is printed on stdout too"
+    );
+}
+
+/// Plays from 0, lasts 30 s ± 0.5 s.
+fn assert_timing(probe: &Probe) {
+    assert!(
+        (probe.duration - 30.0).abs() <= 0.5,
+        "duration {} in {probe:?}",
+        probe.duration
+    );
+    assert!(
+        probe.start_time.abs() < 0.1,
+        "starts at {} in {probe:?}",
+        probe.start_time
+    );
+    for (kind, _, start) in &probe.streams {
+        assert!(start.abs() < 0.1, "{kind} starts at {start}: {probe:?}");
+    }
+}
+
+/// Top-level MP4 boxes, in file order.
+fn mp4_boxes(bytes: &[u8]) -> Vec<String> {
+    let mut boxes = Vec::new();
+    let mut at = 0usize;
+    while at + 8 <= bytes.len() {
+        let size = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        boxes.push(String::from_utf8_lossy(&bytes[at + 4..at + 8]).into_owned());
+        let size = if size == 1 && at + 16 <= bytes.len() {
+            u64::from_be_bytes(bytes[at + 8..at + 16].try_into().expect("8 bytes")) as usize
+        } else {
+            size
+        };
+        if size < 8 {
+            break;
+        }
+        at += size;
+    }
+    boxes
+}
+
+fn assert_fast_start(bytes: &[u8]) {
+    let boxes = mp4_boxes(bytes);
+    let moov = boxes.iter().position(|b| b == "moov");
+    let mdat = boxes.iter().position(|b| b == "mdat");
+    assert!(
+        moov.is_some() && moov < mdat,
+        "the index (moov) must come before the media (mdat): {boxes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mp4_profile_turns_a_vp8_recording_into_h264_and_aac_that_starts_fast() -> anyhow::Result<()>
+{
+    let setup = setup().await?;
+    let (prefix, count) = setup.record(&VP8_30S, "rec-mp4", "alice").await?;
+    let job = job(ROOM, "rec-mp4", vec![track("alice", &prefix, count)], "mp4");
+
+    let run = run_worker(&setup.server, &setup.bucket, &job, &[]).await?;
+
+    assert_eq!(run.code(), Some(0), "{}", run.explain());
+    let key = output_key("rec-mp4", "alice", "mp4");
+    assert_reported(&setup, &run, &[("alice", &key)]).await;
+    let (probe, path) = probe_object(&setup.client, &setup.bucket, &key, setup.dir.path()).await?;
+    assert_eq!(probe.codec("video"), Some("h264"), "{probe:?}");
+    assert_eq!(probe.codec("audio"), Some("aac"), "{probe:?}");
+    assert_timing(&probe);
+    assert_fast_start(&std::fs::read(path)?);
+    assert_eq!(
+        setup.keys(&prefix).await,
+        Vec::<String>::new(),
+        "chunks must be deleted"
+    );
+    setup.assert_no_incomplete_upload();
+
+    // Progress: 0 first, never backwards, 100 at the end, and values in between.
+    let progress = logged_progress(&run.stderr);
+    assert_eq!(progress.first(), Some(&0), "{progress:?}");
+    assert_eq!(progress.last(), Some(&100), "{progress:?}");
+    assert!(
+        progress.windows(2).all(|w| w[0] <= w[1]),
+        "progress went backwards: {progress:?}"
+    );
+    assert!(
+        progress.iter().any(|p| (1..100).contains(p)),
+        "no progress between 0 and 100: {progress:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mp4_profile_copies_h264_video_and_converts_only_the_audio() -> anyhow::Result<()> {
+    let setup = setup().await?;
+    let (prefix, count) = setup.record(&H264_30S, "rec-h264", "alice").await?;
+    let job = job(
+        ROOM,
+        "rec-h264",
+        vec![track("alice", &prefix, count)],
+        "mp4",
+    );
+
+    let run = run_worker(&setup.server, &setup.bucket, &job, &[]).await?;
+
+    assert_eq!(run.code(), Some(0), "{}", run.explain());
+    let key = output_key("rec-h264", "alice", "mp4");
+    assert_reported(&setup, &run, &[("alice", &key)]).await;
+    let (probe, path) = probe_object(&setup.client, &setup.bucket, &key, setup.dir.path()).await?;
+    assert_eq!(probe.codec("video"), Some("h264"));
+    assert_eq!(
+        probe.codec("audio"),
+        Some("aac"),
+        "the Opus audio is converted"
+    );
+    assert_timing(&probe);
+    assert_fast_start(&std::fs::read(&path)?);
+    // Copied, not encoded again: the very same video packets.
+    let recorded = video_packet_hashes(&recording(&H264_30S)?)?;
+    let produced = video_packet_hashes(&path)?;
+    assert_eq!(recorded.len(), produced.len(), "video packet count");
+    assert!(
+        recorded == produced,
+        "the video packets differ: the video was encoded, not copied"
+    );
+    assert!(
+        run.stderr.contains("copies_video=true"),
+        "{}",
+        run.explain()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webm_profile_copies_the_streams_into_a_file_with_a_duration() -> anyhow::Result<()> {
+    let setup = setup().await?;
+    let (prefix, count) = setup.record(&VP8_30S, "rec-webm", "alice").await?;
+    let job = job(
+        ROOM,
+        "rec-webm",
+        vec![track("alice", &prefix, count)],
+        "webm",
+    );
+
+    let run = run_worker(&setup.server, &setup.bucket, &job, &[]).await?;
+
+    assert_eq!(run.code(), Some(0), "{}", run.explain());
+    let key = output_key("rec-webm", "alice", "webm");
+    assert_reported(&setup, &run, &[("alice", &key)]).await;
+    // `probe` fails on a file without a duration, which is what a WebM written to a pipe is.
+    let (probe, _) = probe_object(&setup.client, &setup.bucket, &key, setup.dir.path()).await?;
+    assert_eq!(probe.codec("video"), Some("vp8"), "{probe:?}");
+    assert_eq!(probe.codec("audio"), Some("opus"), "{probe:?}");
+    assert!(probe.format.contains("webm"), "{probe:?}");
+    assert!((probe.duration - 30.0).abs() <= 0.5, "{probe:?}");
+    assert!(probe.start_time.abs() < 0.1, "{probe:?}");
+    assert_eq!(
+        setup.keys(&prefix).await,
+        Vec::<String>::new(),
+        "chunks must be deleted"
+    );
+    setup.assert_no_incomplete_upload();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audio_profile_keeps_only_the_audio_run_by_hand_with_a_job_file() -> anyhow::Result<()> {
+    let setup = setup().await?;
+    let (prefix, count) = setup.record(&VP9_30S, "rec-audio", "alice").await?;
+    let job = job(
+        ROOM,
+        "rec-audio",
+        vec![track("alice", &prefix, count)],
+        "audio",
+    );
+    let job_file = setup.dir.path().join("job.json");
+    std::fs::write(&job_file, job.to_string())?;
+
+    let run = run_worker_with_args(
+        &setup.server,
+        &setup.bucket,
+        &Value::Null,
+        &[],
+        &["--job-file", job_file.to_str().expect("utf-8 path")],
+    )
+    .await?;
+
+    assert_eq!(run.code(), Some(0), "{}", run.explain());
+    let key = output_key("rec-audio", "alice", "m4a");
+    assert_reported(&setup, &run, &[("alice", &key)]).await;
+    let (probe, path) = probe_object(&setup.client, &setup.bucket, &key, setup.dir.path()).await?;
+    assert_eq!(probe.codec("audio"), Some("aac"), "{probe:?}");
+    assert_eq!(probe.codec("video"), None, "audio only: {probe:?}");
+    assert_timing(&probe);
+    assert_fast_start(&std::fs::read(path)?);
+    assert_eq!(
+        setup.keys(&prefix).await,
+        Vec::<String>::new(),
+        "chunks must be deleted"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_tracks_in_one_job_both_come_out_right() -> anyhow::Result<()> {
+    let setup = setup().await?;
+    let (alice, alice_count) = setup.record(&VP8_30S, "rec-two", "alice").await?;
+    let (bob, bob_count) = setup.record(&VP9_30S, "rec-two", "bob").await?;
+    let job = job(
+        ROOM,
+        "rec-two",
+        vec![
+            track("alice", &alice, alice_count),
+            track("bob", &bob, bob_count),
+        ],
+        "mp4",
+    );
+
+    let run = run_worker(&setup.server, &setup.bucket, &job, &[]).await?;
+
+    assert_eq!(run.code(), Some(0), "{}", run.explain());
+    let keys = [
+        output_key("rec-two", "alice", "mp4"),
+        output_key("rec-two", "bob", "mp4"),
+    ];
+    assert_reported(&setup, &run, &[("alice", &keys[0]), ("bob", &keys[1])]).await;
+    for key in &keys {
+        let (probe, _) = probe_object(&setup.client, &setup.bucket, key, setup.dir.path()).await?;
+        assert_eq!(probe.codec("video"), Some("h264"), "{key}: {probe:?}");
+        assert_eq!(probe.codec("audio"), Some("aac"), "{key}: {probe:?}");
+        assert_timing(&probe);
+    }
+    assert_eq!(
+        setup.keys(&chunk_prefix(ROOM, "rec-two", "")).await,
+        Vec::<String>::new()
+    );
+    setup.assert_no_incomplete_upload();
+    Ok(())
+}
+
+/// What a bad-input case does to the 30 chunks before the worker runs.
+enum Damage {
+    Remove(usize),
+    Replace(usize, Vec<u8>),
+    RemoveAll,
+    None,
+}
+
+/// Deterministic bytes that are not WebM.
+fn garbage(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as u8
+        })
+        .collect()
+}
+
+/// Runs the worker (webm profile, whose upload opens before ffmpeg starts) on damaged chunks and
+/// checks: exit 2, the reason, a message naming the problem, every chunk still there, no output,
+/// no incomplete upload.
+async fn bad_input(
+    recording: &str,
+    damage: Damage,
+    count_delta: i32,
+    reason: &str,
+    names: &str,
+) -> anyhow::Result<()> {
+    let setup = setup().await?;
+    let mut chunks: Vec<Option<Vec<u8>>> = chunks(&VP8_30S)?.into_iter().map(Some).collect();
+    let confirmed = (chunks.len() as i32 + count_delta) as u32;
+    match damage {
+        Damage::Remove(i) => chunks[i] = None,
+        Damage::Replace(i, bytes) => chunks[i] = Some(bytes),
+        Damage::RemoveAll => chunks.iter_mut().for_each(|c| *c = None),
+        Damage::None => {}
+    }
+    let prefix = chunk_prefix(ROOM, recording, "alice");
+    let mut expected_keys = Vec::new();
+    for (seq, chunk) in chunks.iter().enumerate() {
+        if let Some(bytes) = chunk {
+            let key = format!("{prefix}{seq:08}.webm");
+            put(&setup.client, &setup.bucket, &key, bytes.clone()).await?;
+            expected_keys.push(key);
+        }
+    }
+    let job = job(
+        ROOM,
+        recording,
+        vec![track("alice", &prefix, confirmed)],
+        "webm",
+    );
+
+    let run = run_worker(&setup.server, &setup.bucket, &job, &[]).await?;
+
+    assert_eq!(run.code(), Some(2), "{}", run.explain());
+    assert_eq!(run.reason(), reason, "{}", run.explain());
+    assert!(
+        run.message().contains(names),
+        "the message should name {names:?}: {}",
+        run.explain()
+    );
+    assert!(
+        run.message().contains("alice"),
+        "the message should name the track: {}",
+        run.message()
+    );
+    assert_eq!(
+        setup.keys(&prefix).await,
+        expected_keys,
+        "every chunk must stay"
+    );
+    assert_eq!(
+        setup.keys(&format!("riverside/processed/{ROOM}/")).await,
+        Vec::<String>::new(),
+        "no output"
+    );
+    setup.assert_no_incomplete_upload();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gap_is_bad_input() -> anyhow::Result<()> {
+    bad_input(
+        "rec-gap",
+        Damage::Remove(7),
+        0,
+        "MissingChunk",
+        "00000007.webm",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_first_chunk_is_bad_input() -> anyhow::Result<()> {
+    bad_input(
+        "rec-first",
+        Damage::Remove(0),
+        0,
+        "MissingChunk",
+        "00000000.webm",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_chunk_is_bad_input_and_named() -> anyhow::Result<()> {
+    let size = chunks(&VP8_30S)?[12].len();
+    bad_input(
+        "rec-corrupt",
+        Damage::Replace(12, garbage(size, 12)),
+        0,
+        "UnreadableChunk",
+        "00000012.webm",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_first_chunk_is_bad_input() -> anyhow::Result<()> {
+    let size = chunks(&VP8_30S)?[0].len();
+    bad_input(
+        "rec-header",
+        Damage::Replace(0, garbage(size, 0)),
+        0,
+        "UnreadableChunk",
+        "00000000.webm",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_chunk_is_bad_input() -> anyhow::Result<()> {
+    bad_input(
+        "rec-empty",
+        Damage::Replace(4, Vec::new()),
+        0,
+        "UnreadableChunk",
+        "00000004.webm is empty",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zero_chunks_is_bad_input() -> anyhow::Result<()> {
+    bad_input(
+        "rec-none",
+        Damage::RemoveAll,
+        0,
+        "NoChunks",
+        "no chunks under riverside/chunks/room1/rec-none/alice/",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_count_is_bad_input() -> anyhow::Result<()> {
+    bad_input(
+        "rec-count",
+        Damage::None,
+        1,
+        "ChunkCountMismatch",
+        "confirmed 31",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_going_away_mid_upload_is_transient_and_a_rerun_succeeds() -> anyhow::Result<()> {
+    let setup = setup().await?;
+    let (prefix, count) = setup.record(&VP8_LARGE_30S, "rec-outage", "alice").await?;
+    let chunk_keys = setup.keys(&prefix).await;
+    let job = job(
+        ROOM,
+        "rec-outage",
+        vec![track("alice", &prefix, count)],
+        "webm",
+    );
+    // Three 5 MiB parts; storage goes away once the first part is in, for 8 s. The worker gives
+    // up on the upload quickly (two attempts per request) and keeps trying to abort it.
+    let settings = [
+        ("MIXDOWN_PART_SIZE_MIB", "5"),
+        ("MIXDOWN_S3_MAX_ATTEMPTS", "2"),
+    ];
+    setup
+        .server
+        .outage_after_upload_parts(1, Duration::from_secs(8));
+
+    let run = run_worker(&setup.server, &setup.bucket, &job, &settings).await?;
+
+    assert_eq!(run.code(), Some(1), "{}", run.explain());
+    assert_eq!(run.reason(), "StorageError", "{}", run.explain());
+    assert!(
+        setup.server.request_count("UploadPart") >= 1,
+        "the outage must come mid-upload"
+    );
+    setup.server.set_available(true);
+    assert_eq!(
+        setup.keys(&prefix).await,
+        chunk_keys,
+        "every chunk must stay"
+    );
+    setup.assert_no_incomplete_upload();
+    let output = output_key("rec-outage", "alice", "webm");
+    assert!(
+        !setup.keys(&output).await.contains(&output),
+        "no output after a failed run"
+    );
+
+    let rerun = run_worker(&setup.server, &setup.bucket, &job, &settings).await?;
+
+    assert_eq!(rerun.code(), Some(0), "{}", rerun.explain());
+    assert_reported(&setup, &rerun, &[("alice", &output)]).await;
+    let (probe, _) = probe_object(&setup.client, &setup.bucket, &output, setup.dir.path()).await?;
+    assert_eq!(probe.codec("video"), Some("vp8"));
+    assert!((probe.duration - 30.0).abs() <= 0.5, "{probe:?}");
+    assert_eq!(
+        setup.keys(&prefix).await,
+        Vec::<String>::new(),
+        "chunks deleted after the rerun"
+    );
+    setup.assert_no_incomplete_upload();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_settings_are_bad_input_with_a_report() -> anyhow::Result<()> {
+    let setup = setup().await?;
+    let job = job(
+        ROOM,
+        "rec-settings",
+        vec![track("alice", "riverside/chunks/x/", 1)],
+        "mp4",
+    );
+
+    let no_bucket = run_worker(
+        &setup.server,
+        &setup.bucket,
+        &job,
+        &[("MIXDOWN_S3_BUCKET", "")],
+    )
+    .await?;
+    assert_eq!(no_bucket.code(), Some(2), "{}", no_bucket.explain());
+    assert_eq!(no_bucket.reason(), "InvalidInput");
+    assert!(
+        no_bucket.message().contains("MIXDOWN_S3_BUCKET"),
+        "{}",
+        no_bucket.explain()
+    );
+
+    let bad_job = run_worker(
+        &setup.server,
+        &setup.bucket,
+        &serde_json::json!({"roomId": "r"}),
+        &[],
+    )
+    .await?;
+    assert_eq!(bad_job.code(), Some(2), "{}", bad_job.explain());
+    assert_eq!(bad_job.reason(), "InvalidInput");
+
+    let bad_flag = run_worker_with_args(
+        &setup.server,
+        &setup.bucket,
+        &job,
+        &[],
+        &["--part-size-mib", "1"],
+    )
+    .await?;
+    assert_eq!(bad_flag.code(), Some(2), "{}", bad_flag.explain());
+    assert_eq!(bad_flag.reason(), "InvalidInput", "{}", bad_flag.explain());
+    Ok(())
+}
+
+#[test]
+fn help_documents_every_setting() {
+    let output = std::process::Command::new(WORKER)
+        .arg("--help")
+        .output()
+        .expect("runs");
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for needle in [
+        "--job-file",
+        "MIXDOWN_JOB",
+        "MIXDOWN_S3_ENDPOINT",
+        "MIXDOWN_S3_REGION",
+        "MIXDOWN_S3_BUCKET",
+        "MIXDOWN_S3_PATH_STYLE",
+        "MIXDOWN_SCRATCH_DIR",
+        "MIXDOWN_TERMINATION_MESSAGE_PATH",
+        "MIXDOWN_RECORDING_JOB",
+        "MIXDOWN_NAMESPACE",
+        "MIXDOWN_DOWNLOAD_AHEAD",
+        "MIXDOWN_PARALLEL_TRACKS",
+        "MIXDOWN_PART_SIZE_MIB",
+        "AWS_ACCESS_KEY_ID",
+        "Exit codes",
+    ] {
+        assert!(
+            help.contains(needle),
+            "--help does not mention {needle}:\n{help}"
+        );
+    }
+}
