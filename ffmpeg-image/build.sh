@@ -171,12 +171,14 @@ EOF
 build_image() {
   local t=$SECONDS context version revision
   version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$root/Cargo.toml" | head -n 1)
-  revision=$(git -C "$root" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+  revision=$(git -C "$root" describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)
   # Only the binary is sent to the builder.
   context=$(mktemp -d "${TMPDIR:-/tmp}/mixdown-context.XXXXXX")
   trap "rm -rf '$context'" EXIT
   cp "$binary" "$context/mixdown-worker"
 
+  # The version and revision go in as --label too: podman's layer cache does not notice a changed
+  # build argument that only a LABEL uses, and would keep the previous build's labels.
   log "podman build $IMAGE (FROM $BASE_IMAGE, version $version, revision $revision)"
   # --network host: apt-get inside the build reaches the Debian mirror the way this machine does.
   podman "${podman_global[@]}" build \
@@ -186,7 +188,8 @@ build_image() {
     --file "$here/Dockerfile" \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" \
     --build-arg "VERSION=$version" \
-    --build-arg "REVISION=$revision" \
+    --label "org.opencontainers.image.version=$version" \
+    --label "org.opencontainers.image.revision=$revision" \
     --tag "$IMAGE" \
     "$context"
   rm -rf "$context"

@@ -447,6 +447,103 @@ fn termination_log(dir: &Path) -> PathBuf {
     path
 }
 
+const ROOM: &str = "room-1";
+const RECORDING: &str = "rec-1";
+const PARTICIPANT: &str = "alice";
+
+/// Where the browser uploads the chunks of [`PARTICIPANT`]'s track.
+fn chunk_prefix() -> String {
+    format!("riverside/chunks/{ROOM}/{RECORDING}/{PARTICIPANT}/")
+}
+
+/// Uploads `parts` as the track's chunks `{seq:08}.webm`, leaving out sequence number `gap`.
+async fn upload_chunks(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    parts: &[&[u8]],
+    gap: Option<usize>,
+) {
+    for (seq, chunk) in parts.iter().enumerate() {
+        if Some(seq) == gap {
+            continue;
+        }
+        client
+            .put_object()
+            .bucket(bucket)
+            .key(format!("{}{seq:08}.webm", chunk_prefix()))
+            .content_type("video/webm")
+            .body(ByteStream::from(chunk.to_vec()))
+            .send()
+            .await
+            .expect("upload chunk");
+    }
+}
+
+/// The job the operator would hand the worker for one track of `chunk_count` chunks.
+fn mp4_job(chunk_count: usize) -> WorkerJob {
+    WorkerJob {
+        room_id: ROOM.into(),
+        recording_id: RECORDING.into(),
+        tracks: vec![Track {
+            participant_id: PARTICIPANT.into(),
+            source: TrackSource {
+                prefix: chunk_prefix(),
+                chunk_count: u32::try_from(chunk_count).expect("chunk count"),
+            },
+        }],
+        output: mixdown_crds::Output {
+            prefix: format!("riverside/processed/{ROOM}/{RECORDING}/"),
+            profile: Profile::Mp4,
+        },
+        cleanup: Cleanup::default(),
+    }
+}
+
+/// Runs the image on `job` with the environment the operator gives a Pod (storage settings and
+/// credentials, the job, the scratch dir, the termination message file). Returns how podman
+/// exited and the termination message.
+async fn run_worker(
+    image: &str,
+    s3: &S3Server,
+    bucket: &str,
+    job: &WorkerJob,
+    dir: &Path,
+) -> (Output, String) {
+    use mixdown_crds::names::env;
+    let report_path = termination_log(dir);
+    let out = Run::default()
+        .envs(s3.env(bucket))
+        .env(env::JOB, &serde_json::to_string(job).expect("job JSON"))
+        .env(env::SCRATCH_DIR, SCRATCH)
+        .env(env::TERMINATION_MESSAGE_PATH, TERMINATION_LOG)
+        .volume(&report_path, TERMINATION_LOG)
+        .run(image)
+        .await;
+    // Shown only when the test fails.
+    eprintln!("worker: {}", describe(&out));
+    let report = std::fs::read_to_string(&report_path).unwrap_or_default();
+    (out, report)
+}
+
+fn parse_report(report: &str) -> WorkerReport {
+    serde_json::from_str(report)
+        .unwrap_or_else(|err| panic!("termination message is not a report ({err}): {report:?}"))
+}
+
+async fn chunks_left(client: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
+    client
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(chunk_prefix())
+        .send()
+        .await
+        .expect("list chunks")
+        .contents()
+        .iter()
+        .filter_map(|object| object.key().map(str::to_owned))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn turns_chunks_in_storage_into_a_checked_mp4() {
     let image = require_image().await;
@@ -455,51 +552,12 @@ async fn turns_chunks_in_storage_into_a_checked_mp4() {
     let bucket = s3.create_bucket().await;
     let client = s3.client();
 
-    let (room, rec, participant) = ("room-1", "rec-1", "alice");
     let seconds = 5;
     let webm = recording(dir.path(), seconds).await;
-    let source = format!("riverside/chunks/{room}/{rec}/{participant}/");
     let parts = chunks(&webm, 6);
-    for (seq, chunk) in parts.iter().enumerate() {
-        client
-            .put_object()
-            .bucket(&bucket)
-            .key(format!("{source}{seq:08}.webm"))
-            .content_type("video/webm")
-            .body(ByteStream::from(chunk.to_vec()))
-            .send()
-            .await
-            .expect("upload chunk");
-    }
+    upload_chunks(&client, &bucket, &parts, None).await;
 
-    let job = WorkerJob {
-        room_id: room.into(),
-        recording_id: rec.into(),
-        tracks: vec![Track {
-            participant_id: participant.into(),
-            source: TrackSource {
-                prefix: source.clone(),
-                chunk_count: parts.len() as u32,
-            },
-        }],
-        output: mixdown_crds::Output {
-            prefix: format!("riverside/processed/{room}/{rec}/"),
-            profile: Profile::Mp4,
-        },
-        cleanup: Cleanup::default(),
-    };
-    let report_path = termination_log(dir.path());
-
-    use mixdown_crds::names::env;
-    let out = Run::default()
-        .envs(s3.env(&bucket))
-        .env(env::JOB, &serde_json::to_string(&job).expect("job JSON"))
-        .env(env::SCRATCH_DIR, SCRATCH)
-        .env(env::TERMINATION_MESSAGE_PATH, TERMINATION_LOG)
-        .volume(&report_path, TERMINATION_LOG)
-        .run(&image)
-        .await;
-    let report = std::fs::read_to_string(&report_path).unwrap_or_default();
+    let (out, report) = run_worker(&image, &s3, &bucket, &mp4_job(parts.len()), dir.path()).await;
     assert!(
         out.status.success(),
         "the worker failed: {}\n--- termination message\n{report}",
@@ -507,14 +565,13 @@ async fn turns_chunks_in_storage_into_a_checked_mp4() {
     );
 
     // The report the operator will read.
-    let report: WorkerReport = serde_json::from_str(&report)
-        .unwrap_or_else(|err| panic!("termination message is not a report ({err}): {report:?}"));
+    let report = parse_report(&report);
     let WorkerReport::Succeeded { outputs } = report else {
         panic!("the worker exited 0 but reported {report:?}");
     };
-    let key = format!("riverside/processed/{room}/{rec}/{participant}.mp4");
+    let key = format!("riverside/processed/{ROOM}/{RECORDING}/{PARTICIPANT}.mp4");
     assert_eq!(outputs.len(), 1, "{outputs:?}");
-    assert_eq!(outputs[0].participant_id, participant);
+    assert_eq!(outputs[0].participant_id, PARTICIPANT);
     assert_eq!(outputs[0].key, key);
 
     // The file in storage is the one reported, and plays: H.264 and AAC, the recording's length,
@@ -557,18 +614,50 @@ async fn turns_chunks_in_storage_into_a_checked_mp4() {
     );
 
     // Chunks go once the output is verified; no multipart upload is left open.
-    let left = client
+    assert_eq!(chunks_left(&client, &bucket).await, Vec::<String>::new());
+    assert_eq!(s3.incomplete_uploads(&bucket), Vec::<String>::new());
+}
+
+/// Bad input crosses the container boundary as the contract says: exit code 2 (the Job does not
+/// retry), a report naming the reason, the chunks kept, nothing written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_chunk_exits_2_and_keeps_the_chunks() {
+    use mixdown_crds::names::{exit_codes, reasons};
+    let image = require_image().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = S3Server::start().await.expect("start S3 server");
+    let bucket = s3.create_bucket().await;
+    let client = s3.client();
+
+    let webm = recording(dir.path(), 2).await;
+    let parts = chunks(&webm, 4);
+    upload_chunks(&client, &bucket, &parts, Some(2)).await;
+
+    let (out, report) = run_worker(&image, &s3, &bucket, &mp4_job(parts.len()), dir.path()).await;
+    assert_eq!(
+        out.status.code(),
+        Some(exit_codes::BAD_INPUT),
+        "{}\n--- termination message\n{report}",
+        describe(&out)
+    );
+    match parse_report(&report) {
+        WorkerReport::Failed { reason, message } => {
+            assert_eq!(reason, reasons::MISSING_CHUNK, "{message}");
+            assert!(
+                message.contains("00000002"),
+                "the message names the chunk: {message}"
+            );
+        }
+        report => panic!("exit code 2 but the report says {report:?}"),
+    }
+    assert_eq!(chunks_left(&client, &bucket).await.len(), parts.len() - 1);
+    let written = client
         .list_objects_v2()
         .bucket(&bucket)
-        .prefix(&source)
+        .prefix("riverside/processed/")
         .send()
         .await
-        .expect("list chunks");
-    assert_eq!(
-        left.key_count(),
-        Some(0),
-        "chunks left: {:?}",
-        left.contents()
-    );
+        .expect("list outputs");
+    assert_eq!(written.key_count(), Some(0), "{:?}", written.contents());
     assert_eq!(s3.incomplete_uploads(&bucket), Vec::<String>::new());
 }
