@@ -8,8 +8,8 @@
 //! - an `atexit` handler: libtest leaves through `exit()` even when tests panic, so this is where the
 //!   control plane gets a graceful SIGTERM and the temporary directories are removed.
 //!
-//! Directories are named `<prefix><pid>-<random>` so that a later run can remove those left behind
-//! by a test binary that died before its `atexit` handler ran.
+//! Directories are named `<prefix><pid>-<random>`, so that a later run can remove those a test
+//! binary left behind when it was killed outright, and kill what still runs in them.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -104,25 +104,56 @@ pub(crate) fn remove_dir(dir: &Path) {
     let _ = fs::remove_dir_all(dir);
 }
 
-/// Removes directories whose owning test binary is gone; cheap (one readdir), so done on every
-/// creation.
+/// Removes directories whose owning test binary is gone, and kills what still runs in them:
+/// a binary killed outright takes its children along (PDEATHSIG) but not their children, such as
+/// a Pod's background processes. Cheap (one readdir, and a /proc scan only when something is
+/// stale), so done on every creation.
 fn sweep_stale_dirs() {
     let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
         return;
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let Some(rest) = DIR_PREFIXES.iter().find_map(|p| name.strip_prefix(p)) else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = fs::remove_dir_all(entry.path());
-        }
+    let stale: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                return false;
+            };
+            let Some(rest) = DIR_PREFIXES.iter().find_map(|p| name.strip_prefix(p)) else {
+                return false;
+            };
+            rest.split('-')
+                .next()
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .map(|entry| entry.path())
+        .collect();
+    if stale.is_empty() {
+        return;
     }
+    for pid in processes_working_in(&stale) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    for dir in stale {
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
+/// Processes whose working directory is inside one of `dirs`.
+fn processes_working_in(dirs: &[PathBuf]) -> Vec<i32> {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read_link(format!("/proc/{pid}/cwd"))
+                .is_ok_and(|cwd| dirs.iter().any(|dir| cwd.starts_with(dir)))
+        })
+        .collect()
 }
 
 /// Reaps `pid` if it is our child and has exited; true when it is gone (or not ours to wait for).
