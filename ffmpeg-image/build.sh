@@ -13,6 +13,9 @@
 #   DEBIAN_MIRROR  where debootstrap and apt fetch packages (default http://deb.debian.org/debian)
 #   CONTAINERS_CONF  podman settings       (default ffmpeg-image/podman/containers.conf)
 #
+# Layers are cached: only the binary's layer is rebuilt while the base image stays. Earlier builds
+# stay behind as untagged images; `podman image prune` removes them.
+#
 # Why it works this way:
 # - No registry is reachable, so the base image is made locally: debootstrap --variant=minbase
 #   bookworm into a temporary directory, trimmed like the official slim image, then `podman import`.
@@ -72,16 +75,19 @@ done
 # Time since the start of a step, in whole seconds.
 elapsed() { echo $((SECONDS - $1))s; }
 
+# Debian installs runc and debootstrap in /usr/sbin, which a non-root PATH often lacks.
+have() { command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 ]]; }
+
 check_prerequisites() {
   local missing=()
-  for tool in podman runc debootstrap; do
-    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+  for tool in podman runc; do
+    have "$tool" || missing+=("$tool")
   done
-  if ! $skip_cargo; then
-    command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain, or pass --skip-cargo with target/release/mixdown-worker already built"
-  fi
   if ((${#missing[@]})); then
     die "missing ${missing[*]}; install with: apt-get install podman runc debootstrap"
+  fi
+  if ! $skip_cargo; then
+    have cargo || die "cargo not found: install a Rust toolchain, or pass --skip-cargo with target/release/mixdown-worker already built"
   fi
 }
 
@@ -94,7 +100,9 @@ build_binary() {
     (cd "$root" && cargo build --release -p mixdown-worker)
     log "binary built in $(elapsed "$t")"
   fi
-  binary=$root/target/release/mixdown-worker
+  local target=${CARGO_TARGET_DIR:-target}
+  [[ $target == /* ]] || target=$root/$target # relative to the workspace, as cargo reads it
+  binary=$target/release/mixdown-worker
   [[ -x $binary ]] || die "$binary not found: run without --skip-cargo"
 }
 
@@ -106,6 +114,7 @@ make_base_image() {
   fi
   [[ $BASE_IMAGE == localhost/* ]] \
     || die "base image $BASE_IMAGE is missing and cannot be pulled; pull it yourself, or leave BASE_IMAGE unset to build one here"
+  have debootstrap || die "debootstrap is needed to make the base image $BASE_IMAGE; install with: apt-get install debootstrap"
   ((EUID == 0)) || die "making the base image needs root (debootstrap creates device nodes and files owned by other users): run this script as root once, or set BASE_IMAGE to an existing image"
 
   local t=$SECONDS rootfs
@@ -114,7 +123,7 @@ make_base_image() {
   trap "rm -rf --one-file-system '$rootfs'" EXIT
 
   log "debootstrap --variant=minbase bookworm from $DEBIAN_MIRROR"
-  debootstrap --variant=minbase bookworm "$rootfs" "$DEBIAN_MIRROR" >&2
+  PATH=$PATH:/usr/sbin debootstrap --variant=minbase bookworm "$rootfs" "$DEBIAN_MIRROR" >&2
 
   # The same sources as the official image: updates and security fixes reach `apt-get install`.
   rm -f "$rootfs/etc/apt/sources.list"
