@@ -32,6 +32,9 @@ fn main() -> ExitCode {
         Err(err) => return invalid_settings(&err),
     };
     init_tracing(args.log_format);
+    // Both rustls backends are compiled in (the AWS SDK brings aws-lc-rs, kube is built with
+    // ring), so rustls cannot pick one by itself; the Kubernetes client would panic without this.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
