@@ -30,6 +30,11 @@ struct Env {
 
 impl Env {
     async fn new() -> Env {
+        // `RUST_LOG=mixdown_testkit=debug` shows what the control plane and the runner do.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let cp = ControlPlane::shared().await;
         let ns = cp.namespace().await;
         let client = cp.client();
@@ -413,6 +418,43 @@ async fn the_termination_message_and_mapped_paths_reach_the_pod_status() {
     let state = terminated(&pod).expect("a terminated state");
     assert_eq!(pod_phase(&pod), Some("Succeeded"), "{state:?}");
     assert_eq!(state.message.as_deref(), Some("hello from messenger\n"));
+}
+
+#[tokio::test]
+async fn a_container_that_fails_is_restarted_in_place_on_failure() {
+    let env = Env::new().await;
+    // The emptyDir outlives the container, so the second run sees what the first one left.
+    env.create::<Pod>(json!({
+        "metadata": { "name": "retrier" },
+        "spec": {
+            "restartPolicy": "OnFailure",
+            "volumes": [{ "name": "state", "emptyDir": {} }],
+            "containers": [{
+                "name": "main",
+                "image": SHELL_IMAGE,
+                "command": ["sh", "-c", "[ -f \"$STATE/once\" ] && exit 0; touch \"$STATE/once\"; exit 3"],
+                "env": [{ "name": "STATE", "value": "/state" }],
+                "volumeMounts": [{ "name": "state", "mountPath": "/state" }],
+            }],
+        },
+    }))
+    .await;
+    let pod = env
+        .wait_for::<Pod>("retrier", "Succeeded", TIMEOUT, |p| {
+            pod_phase(p) == Some("Succeeded")
+        })
+        .await;
+    let status = pod
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c.into_iter().next())
+        .expect("a container status");
+    assert_eq!(status.restart_count, 1, "{status:?}");
+    let last = status
+        .last_state
+        .and_then(|s| s.terminated)
+        .expect("the first run's state");
+    assert_eq!(last.exit_code, 3);
 }
 
 #[tokio::test]
