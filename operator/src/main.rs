@@ -27,6 +27,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 async fn main() -> ExitCode {
     let args = Args::parse();
     telemetry::init(args.log_format);
+    // With more than one rustls backend compiled in, none is the default: choose ring, the one
+    // kube is built with.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match run(args).await {
         Ok(code) => code,
         Err(error) => {

@@ -1,0 +1,307 @@
+//! The operator end to end: the test kit's control plane (real Job controller and garbage
+//! collector, Kubernetes 1.20), its pod runner running the real worker with ffmpeg, a real
+//! S3-compatible server, and the operator as a real process.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{WORKER_IMAGE, World, recording, spec};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use kube::api::ListParams;
+use mixdown_crds::Phase;
+
+const LONG: Duration = Duration::from_secs(180);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_two_track_recording_is_processed_and_its_story_told() {
+    let world = World::new(&[]).await;
+    let operator = world.operator(WORKER_IMAGE, &[]);
+    let chunks = recording(20, "640x360").await;
+    let alice = world
+        .upload_track("room1", "rec1", "alice", &chunks, &[])
+        .await;
+    let bob = world
+        .upload_track("room1", "rec1", "bob", &chunks, &[])
+        .await;
+    let n = chunks.len();
+
+    let statuses = world.record_statuses("rec-1");
+    world
+        .create_rj(
+            "rec-1",
+            spec(
+                "room1",
+                "rec1",
+                &[("alice", &alice, n), ("bob", &bob, n)],
+                serde_json::json!({"output": {"prefix": "riverside/processed/room1/rec1/", "profile": "mp4"}}),
+            ),
+        )
+        .await;
+
+    let rj = world
+        .wait_rj("rec-1", LONG, "Succeeded", |s| {
+            s.phase.is_some_and(Phase::is_finished)
+        })
+        .await;
+    let status = rj.status.expect("status");
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:#?}");
+    assert_eq!(status.attempts, Some(1));
+    assert_eq!(status.job_name.as_deref(), Some("rec-1"));
+    assert!(status.start_time.is_some() && status.completion_time.is_some());
+    assert_eq!(status.outputs.len(), 2, "{status:#?}");
+    for (output, participant) in status.outputs.iter().zip(["alice", "bob"]) {
+        assert_eq!(output.participant_id, participant);
+        assert_eq!(
+            output.key,
+            format!("riverside/processed/room1/rec1/{participant}.mp4")
+        );
+        assert!(output.size_bytes > 0);
+        assert!(
+            (output.duration_seconds - 20.0).abs() < 1.0,
+            "duration {}",
+            output.duration_seconds
+        );
+    }
+    let conditions: Vec<(&str, &str)> = status
+        .conditions
+        .iter()
+        .map(|c| (c.type_.as_str(), c.status.as_str()))
+        .collect();
+    assert!(conditions.contains(&("Complete", "True")), "{conditions:?}");
+
+    // The story as a watcher saw it.
+    let seen = statuses.values();
+    let phases: Vec<Phase> = seen
+        .iter()
+        .filter_map(|s| s.phase)
+        .fold(Vec::new(), |mut v, p| {
+            if v.last() != Some(&p) {
+                v.push(p);
+            }
+            v
+        });
+    assert_eq!(
+        phases,
+        [Phase::Pending, Phase::Running, Phase::Succeeded],
+        "{seen:#?}"
+    );
+    let progress: Vec<i32> = seen.iter().filter_map(|s| s.progress).collect();
+    assert!(
+        progress.iter().any(|p| (1..=99).contains(p)),
+        "no progress between 1 and 99 seen: {progress:?}"
+    );
+
+    // Chunks are gone, outputs are there.
+    assert!(world.keys("riverside/chunks/room1/rec1/").await.is_empty());
+    assert_eq!(world.keys("riverside/processed/room1/rec1/").await.len(), 2);
+
+    // Events: created, started, succeeded.
+    let events: Api<Event> = Api::namespaced(world.client.clone(), world.namespace());
+    let reasons = world
+        .eventually(Duration::from_secs(30), "Events for rec-1", || {
+            let events = events.clone();
+            async move {
+                let list = events.list(&ListParams::default()).await.ok()?;
+                let reasons: Vec<String> = list
+                    .items
+                    .iter()
+                    .filter(|e| {
+                        e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("rec-1")
+                    })
+                    .filter_map(|e| e.reason.clone())
+                    .collect();
+                ["JobCreated", "Started", "Succeeded"]
+                    .iter()
+                    .all(|r| reasons.iter().any(|x| x == r))
+                    .then_some(reasons)
+            }
+        })
+        .await;
+    assert_eq!(reasons.len(), 3, "each Event once: {reasons:?}");
+
+    let jobs: Api<Job> = Api::namespaced(world.client.clone(), world.namespace());
+    assert_eq!(
+        jobs.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+    let pods: Api<Pod> = Api::namespaced(world.client.clone(), world.namespace());
+    assert_eq!(
+        pods.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+    drop(operator);
+}
+
+/// Reports a storage outage and exits 1, like the worker on a transient failure.
+const FAILING: (&str, &str) = (
+    "failing-worker:test",
+    r#"echo '{"result":"failed","reason":"StorageError","message":"simulated storage outage"}' > "$MIXDOWN_TERMINATION_MESSAGE_PATH"
+echo "simulated storage outage" >&2
+exit 1"#,
+);
+/// Runs until killed.
+const SLEEPING: (&str, &str) = ("sleeping-worker:test", "exec sleep 600");
+
+fn one_track(name: &str, extra: serde_json::Value) -> serde_json::Value {
+    let prefix = format!("riverside/chunks/room1/{name}/alice/");
+    spec("room1", name, &[("alice", &prefix, 3)], extra)
+}
+
+async fn job_names(world: &World) -> Vec<String> {
+    let jobs: Api<Job> = Api::namespaced(world.client.clone(), world.namespace());
+    jobs.list(&ListParams::default())
+        .await
+        .expect("listing Jobs")
+        .items
+        .into_iter()
+        .filter_map(|j| j.metadata.name)
+        .collect()
+}
+
+async fn pod_count(world: &World) -> usize {
+    let pods: Api<Pod> = Api::namespaced(world.client.clone(), world.namespace());
+    pods.list(&ListParams::default())
+        .await
+        .expect("listing Pods")
+        .items
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transient_failure_is_retried_until_the_backoff_limit() {
+    let world = World::new(&[FAILING]).await;
+    let _operator = world.operator(FAILING.0, &[]);
+    world
+        .create_rj(
+            "flaky",
+            one_track("flaky", serde_json::json!({"backoffLimit": 1})),
+        )
+        .await;
+    let rj = world
+        .wait_rj("flaky", LONG, "a final phase", |s| {
+            s.phase.is_some_and(Phase::is_finished)
+        })
+        .await;
+    let status = rj.status.expect("status");
+    assert_eq!(status.phase, Some(Phase::Failed), "{status:#?}");
+    assert_eq!(
+        status.attempts,
+        Some(2),
+        "backoffLimit + 1 attempts: {status:#?}"
+    );
+    assert_eq!(status.reason.as_deref(), Some("BackoffLimitExceeded"));
+    let message = status.message.unwrap_or_default();
+    assert!(message.contains("simulated storage outage"), "{message}");
+    assert_eq!(pod_count(&world).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deadline_fails_the_recording_job() {
+    let world = World::new(&[SLEEPING]).await;
+    let _operator = world.operator(SLEEPING.0, &[]);
+    world
+        .create_rj(
+            "slow",
+            one_track("slow", serde_json::json!({"activeDeadlineSeconds": 3})),
+        )
+        .await;
+    let rj = world
+        .wait_rj("slow", LONG, "a final phase", |s| {
+            s.phase.is_some_and(Phase::is_finished)
+        })
+        .await;
+    let status = rj.status.expect("status");
+    assert_eq!(status.phase, Some(Phase::Failed), "{status:#?}");
+    assert_eq!(
+        status.reason.as_deref(),
+        Some("DeadlineExceeded"),
+        "{status:#?}"
+    );
+    // The Job controller deletes the running Pod, and the pod runner kills its process.
+    world
+        .eventually(LONG, "the Pod deleted after the deadline", || async {
+            (pod_count(&world).await == 0).then_some(())
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_recording_job_deletes_its_job_and_pods() {
+    let world = World::new(&[SLEEPING]).await;
+    let _operator = world.operator(SLEEPING.0, &[]);
+    world
+        .create_rj("doomed", one_track("doomed", serde_json::json!({})))
+        .await;
+    world
+        .wait_rj("doomed", LONG, "Running", |s| {
+            s.phase == Some(Phase::Running)
+        })
+        .await;
+    assert_eq!(job_names(&world).await, ["doomed"]);
+    assert_eq!(pod_count(&world).await, 1);
+
+    world
+        .rjs()
+        .delete("doomed", &kube::api::DeleteParams::default())
+        .await
+        .expect("deleting the RecordingJob");
+    world
+        .eventually(LONG, "the Job and its Pod garbage-collected", || async {
+            (job_names(&world).await.is_empty() && pod_count(&world).await == 0).then_some(())
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_is_not_rewritten_when_nothing_changed() {
+    let world = World::new(&[SLEEPING]).await;
+    let operator = world.operator(SLEEPING.0, &[]);
+    world
+        .create_rj("steady", one_track("steady", serde_json::json!({})))
+        .await;
+    world
+        .wait_rj("steady", LONG, "Running", |s| {
+            s.phase == Some(Phase::Running) && s.attempts == Some(1)
+        })
+        .await;
+    operator.wait_up().await;
+
+    // Each round: touch the RecordingJob (which wakes the operator), wait until the operator has
+    // finished reconciling after it, and check that the object was not written since the touch.
+    let done = "mixdown_operator_reconcile_duration_seconds_count";
+    for round in 0..3 {
+        let before = operator.metric(done).await.expect("the reconcile metric");
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {"test/round": round.to_string()}}});
+        let touched = world
+            .rjs()
+            .patch(
+                "steady",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .expect("touching the RecordingJob");
+        let touched_version = touched.metadata.resource_version.clone();
+        world
+            .eventually(LONG, "a reconcile after the touch", || async {
+                let now = operator.metric(done).await?;
+                (now > before).then_some(())
+            })
+            .await;
+        let current = world
+            .rjs()
+            .get("steady")
+            .await
+            .expect("reading the RecordingJob");
+        assert_eq!(
+            current.metadata.resource_version, touched_version,
+            "round {round}: the operator wrote an unchanged status: {:#?}",
+            current.status
+        );
+    }
+}
