@@ -12,7 +12,8 @@
 //!
 //! Container paths are mapped onto this machine: the termination message file and emptyDir
 //! mounts get local stand-ins, and environment values and whole arguments naming them are
-//! rewritten. Other volumes are not provided.
+//! rewritten. Not played: init containers and containers after the first, other volumes, probes,
+//! resource limits, and the Pod's own `activeDeadlineSeconds` (the Job's is the Job controller's).
 //!
 //! The runner's API endpoint and CA come from the cluster, the way a Pod finds its API server:
 //! the `kubernetes` Service's target port (on loopback, where the test control plane listens) and

@@ -67,7 +67,10 @@ impl<'a> PodWorker<'a> {
         }
     }
 
-    async fn patch_status(&self, patch: Value) -> Result<()> {
+    /// Patches the Pod's status. The uid in the patch is a precondition, as in the kubelet's
+    /// status manager: a newer Pod that reuses the name is left alone.
+    async fn patch_status(&self, mut patch: Value) -> Result<()> {
+        patch["metadata"] = json!({ "uid": self.pod.uid() });
         self.api
             .patch_status(
                 &self.name,
@@ -163,14 +166,19 @@ impl<'a> PodWorker<'a> {
             let pid = child.id();
             id.pid = pid;
             tracing::info!(pod = %self.name, ?pid, program = %program.display(), ?args, "pod runner: container started");
-            self.patch_status(status::running(
-                &id,
-                &start_time,
-                &started_at,
-                restart_count,
-                last.as_ref(),
-            ))
-            .await?;
+            // Not fatal: the process runs, and its end or the Pod's deletion is still handled.
+            if let Err(e) = self
+                .patch_status(status::running(
+                    &id,
+                    &start_time,
+                    &started_at,
+                    restart_count,
+                    last.as_ref(),
+                ))
+                .await
+            {
+                tracing::warn!(pod = %self.name, error = format!("{e:#}"), "pod runner: reporting Running");
+            }
 
             let outcome = tokio::select! {
                 exited = child.wait() => Outcome::Exited(exited?),
