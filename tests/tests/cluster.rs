@@ -284,7 +284,7 @@ async fn a_job_past_its_deadline_fails_and_its_pod_is_killed() {
     let env = Env::new().await;
     let marker = format!("MIXDOWN_TEST_MARKER={}", env.ns.name());
     let mut job = shell_job("slow", "sleep 300", 5);
-    job["spec"]["activeDeadlineSeconds"] = json!(3);
+    job["spec"]["activeDeadlineSeconds"] = json!(5);
     job["spec"]["template"]["spec"]["containers"][0]["env"] =
         json!([{ "name": "MIXDOWN_TEST_MARKER", "value": env.ns.name() }]);
     env.create::<Job>(job).await;
