@@ -15,7 +15,6 @@
 set -euo pipefail
 
 readonly VERSION=v1.20.2
-readonly DEB_SOURCE_VERSION=1.20.5+really1.20.2
 readonly BINARIES=(kube-apiserver kube-controller-manager)
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -112,9 +111,13 @@ EOF
     trap 'rm -rf "$work"' EXIT
     (
         cd "$work"
-        apt-get source --download-only "kubernetes=$DEB_SOURCE_VERSION" >&2
-        tar xzf "kubernetes_$DEB_SOURCE_VERSION.orig.tar.gz"
-        cd kubernetes-1.20.2
+        # Debian 12's only kubernetes source is 1.20.5+really1.20.2 (with a Debian revision that
+        # security updates may bump), so no version is pinned here; the build checks what it got.
+        apt-get source --download-only kubernetes >&2
+        tar xf kubernetes_*.orig.tar.*
+        cd kubernetes-*/
+        [[ "$(basename "$PWD")" == kubernetes-1.20.2 ]] ||
+            die "Debian's kubernetes source is $(basename "$PWD"), not 1.20.2: use prebuilt binaries (MIXDOWN_ENVTEST_BIN)"
         # Go >= 1.18 crashes the apiserver with the vendored reflect2 1.0.1 (segfault in
         # mapiterinit); Debian's 1.0.2 fixes it.
         rm -rf vendor/github.com/modern-go/reflect2
@@ -126,7 +129,7 @@ EOF
     )
     local bin
     for bin in "${BINARIES[@]}"; do
-        install_bin "$bin" cat "$work/kubernetes-1.20.2/_output/bin/$bin"
+        install_bin "$bin" cat "$work"/kubernetes-*/_output/bin/"$bin"
     done
 }
 
