@@ -41,6 +41,8 @@ pub enum Video {
     Vp9 { kbps: u32 },
     /// H.264 in Matroska, as Chromium records `video/webm;codecs=h264`.
     H264,
+    /// H.264 in Matroska at a bit rate, encoded fast (as a browser's real-time encoder would).
+    H264Realtime { kbps: u32 },
 }
 
 pub const VP8_30S: Spec = Spec {
@@ -174,6 +176,20 @@ pub fn recording(spec: &Spec) -> anyhow::Result<PathBuf> {
         ]
         .map(String::from)
         .to_vec(),
+        Video::H264Realtime { kbps } => vec![
+            "-c:v".into(),
+            "libx264".into(),
+            "-profile:v".into(),
+            "baseline".into(),
+            "-preset".into(),
+            "ultrafast".into(),
+            "-tune".into(),
+            "zerolatency".into(),
+            "-b:v".into(),
+            format!("{kbps}k"),
+            "-pix_fmt".into(),
+            "yuv420p".into(),
+        ],
     };
     args.extend(video);
     args.extend([
@@ -186,7 +202,7 @@ pub fn recording(spec: &Spec) -> anyhow::Result<PathBuf> {
     ]);
     args.extend(["-output_ts_offset".into(), START_OFFSET_SECONDS.to_string()]);
     // Written to a pipe like MediaRecorder's stream: no duration, no cues, unknown sizes.
-    let format = if spec.video == Video::H264 {
+    let format = if matches!(spec.video, Video::H264 | Video::H264Realtime { .. }) {
         "matroska"
     } else {
         "webm"
