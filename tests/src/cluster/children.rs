@@ -25,7 +25,7 @@ use anyhow::{Context, Result};
 const GRACE: Duration = Duration::from_secs(2);
 
 /// Prefixes of the directories this module owns under the temporary directory.
-pub(crate) const DIR_PREFIXES: &[&str] = &["mixdown-cp-", "mixdown-pods-"];
+const DIR_PREFIXES: &[&str] = &["mixdown-cp-", "mixdown-pods-"];
 
 struct Tracked {
     /// Process ids, each the leader of its own process group.
@@ -85,8 +85,9 @@ pub(crate) fn signal_group(pid: u32, signal: i32) {
     }
 }
 
-/// Creates `<temp_dir>/<prefix><pid>-<random>`, removed at exit unless untracked before.
+/// Creates `<temp_dir>/<prefix><pid>-<random>`, removed at exit if [`remove_dir`] did not already.
 pub(crate) fn temp_dir(prefix: &str) -> Result<PathBuf> {
+    debug_assert!(DIR_PREFIXES.contains(&prefix), "the sweep must know {prefix}");
     register_at_exit();
     sweep_stale_dirs();
     let dir = tempfile::Builder::new()
@@ -174,7 +175,7 @@ fn wait_all(pids: &mut Vec<i32>, deadline: Instant) {
 }
 
 /// Stops every tracked process group and removes every tracked directory.
-pub(crate) fn cleanup_all() {
+fn cleanup_all() {
     let (groups, dirs) = {
         let mut t = tracked();
         (std::mem::take(&mut t.groups), std::mem::take(&mut t.dirs))
