@@ -87,7 +87,10 @@ pub(crate) fn signal_group(pid: u32, signal: i32) {
 
 /// Creates `<temp_dir>/<prefix><pid>-<random>`, removed at exit if [`remove_dir`] did not already.
 pub(crate) fn temp_dir(prefix: &str) -> Result<PathBuf> {
-    debug_assert!(DIR_PREFIXES.contains(&prefix), "the sweep must know {prefix}");
+    debug_assert!(
+        DIR_PREFIXES.contains(&prefix),
+        "the sweep must know {prefix}"
+    );
     register_at_exit();
     sweep_stale_dirs();
     let dir = tempfile::Builder::new()
