@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{Api, ObjectMeta, PostParams};
 use kube::Client;
+use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -83,7 +83,9 @@ impl Leadership {
                     .await
                 {
                     Ok(_) => tracing::info!(lease = %self.config.name, "released the leader lease"),
-                    Err(error) => tracing::warn!(%error, "could not release the leader lease; it will expire"),
+                    Err(error) => {
+                        tracing::warn!(%error, "could not release the leader lease; it will expire")
+                    }
                 }
             }
             Ok(_) => {}
@@ -170,7 +172,8 @@ async fn try_acquire_or_renew(
         name: config.name.clone(),
         source,
     };
-    let duration_seconds = i32::try_from(config.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
+    let duration_seconds =
+        i32::try_from(config.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
 
     let Some(mut lease) = api.get_opt(&config.name).await.map_err(api_error)? else {
         let lease = Lease {
@@ -225,7 +228,10 @@ async fn try_acquire_or_renew(
     spec.renew_time = Some(now());
     // The replace carries the resourceVersion we read: if anyone wrote in between, 409 and we
     // lose this round instead of overwriting their claim.
-    match api.replace(&config.name, &PostParams::default(), &lease).await {
+    match api
+        .replace(&config.name, &PostParams::default(), &lease)
+        .await
+    {
         Ok(written) => {
             observed.record(&written);
             Ok(true)
