@@ -6,6 +6,7 @@
 //! cargo bench -p mixdown-worker -- --minutes 1           # quick run
 //! cargo bench -p mixdown-worker -- --minutes 1 --cases webm,mp4-h264
 //! MIXDOWN_BENCH_MINUTES=2 cargo bench -p mixdown-worker  # same, from the environment
+//! MIXDOWN_BENCH_LOG=debug cargo bench …                  # the worker's log level (default warn)
 //! ```
 //!
 //! For each recording length and case:
@@ -259,7 +260,10 @@ async fn run_worker(
         .env("MIXDOWN_JOB", job.to_string())
         .env("MIXDOWN_TERMINATION_MESSAGE_PATH", dir.join("report.json"))
         .env("MIXDOWN_SCRATCH_DIR", &scratch)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("MIXDOWN_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env_remove("MIXDOWN_RECORDING_JOB")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -93,7 +93,7 @@ pub struct Args {
     pub progress_interval_ms: u64,
 
     /// Chunks downloaded ahead of ffmpeg, per track. Memory: about this many chunks per track.
-    #[arg(long, env = "MIXDOWN_DOWNLOAD_AHEAD", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64), value_name = "N")]
+    #[arg(long, env = "MIXDOWN_DOWNLOAD_AHEAD", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64), value_name = "N")]
     pub download_ahead: u32,
 
     /// Tracks of the job processed at once (each runs its own ffmpeg).
@@ -203,7 +203,7 @@ mod tests {
         assert_eq!(args.s3_region, "auto");
         assert!(!args.s3_path_style);
         assert_eq!(args.part_size(), 8 * 1024 * 1024);
-        assert_eq!(args.download_ahead, 4);
+        assert_eq!(args.download_ahead, 8);
         assert_eq!(args.parallel_tracks, 2);
         assert_eq!(
             args.termination_message_path,

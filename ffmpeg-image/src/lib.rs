@@ -19,6 +19,7 @@ pub mod report;
 pub mod storage;
 pub mod track;
 pub mod upload;
+pub mod webm;
 
 use std::sync::Arc;
 

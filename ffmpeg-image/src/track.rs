@@ -7,8 +7,8 @@
 //!                                                  └─▶ ffprobe stdin (packet timing of the input)
 //! ```
 //!
-//! The first chunks are probed before ffmpeg starts, to learn the codecs (H.264 is copied into
-//! MP4, anything else is encoded). The same bytes also go to a second, demux-only ffprobe that
+//! The codecs are read from the first chunk's header before ffmpeg starts (H.264 is copied into
+//! MP4, anything else is encoded); ffprobe reads the first chunks when the header does not parse. The same bytes also go to a second, demux-only ffprobe that
 //! measures the input's duration, which the output is verified against. ffmpeg's and ffprobe's
 //! logs are read as they come: a demuxer or decoder error means a chunk is unreadable, and the
 //! byte position in the message names the chunk.
@@ -33,8 +33,9 @@ use crate::media::{self, EncodeSettings, InputStreams, OutputInfo, PacketSpan, V
 use crate::progress::Progress;
 use crate::storage::{Storage, Upload};
 use crate::upload::{self, PartPlan, Sent};
+use crate::webm;
 
-/// The first chunks are probed for codecs until they hold this much…
+/// When the header does not parse, the first chunks go to ffprobe until they hold this much…
 const PROBE_MAX_BYTES: usize = 1024 * 1024;
 /// …or this many chunks.
 const PROBE_MAX_CHUNKS: usize = 8;
@@ -101,17 +102,27 @@ async fn process_inner(
 ) -> Result<RecordingOutput, WorkerError> {
     let started = std::time::Instant::now();
     let mut downloads = download(ctx, &plan.chunks);
-    let mut head = Vec::new();
-    let mut head_bytes = 0;
-    while head.len() < PROBE_MAX_CHUNKS && head_bytes < PROBE_MAX_BYTES {
-        let Some(chunk) = downloads.next().await else {
-            break;
-        };
-        let chunk = chunk?;
-        head_bytes += chunk.len();
-        head.push(chunk);
-    }
-    let input = probe_input(ctx, plan, &head).await?;
+    let first = downloads
+        .next()
+        .await
+        .ok_or_else(|| WorkerError::Processing("no chunk to download".into()))??;
+    let mut head_bytes = first.len();
+    let mut head = vec![first];
+    // The first chunk's header names the codecs; ffprobe is for headers that do not parse.
+    let input = match webm::codecs(&head[0]) {
+        Some(input) => input,
+        None => {
+            while head.len() < PROBE_MAX_CHUNKS && head_bytes < PROBE_MAX_BYTES {
+                let Some(chunk) = downloads.next().await else {
+                    break;
+                };
+                let chunk = chunk?;
+                head_bytes += chunk.len();
+                head.push(chunk);
+            }
+            probe_input(ctx, plan, &head).await?
+        }
+    };
     let path = ctx
         .scratch
         .join(format!("{}.{}", plan.participant, ctx.profile.extension()));

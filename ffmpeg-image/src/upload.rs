@@ -24,9 +24,9 @@ use crate::storage::Upload;
 
 /// A part is only sent once the file is this far past its end: the muxer may still be finishing
 /// the bytes just written.
-const SETTLE_MARGIN: u64 = 1024 * 1024;
+const SETTLE_MARGIN: u64 = 256 * 1024;
 /// How often a growing file is looked at.
-const POLL: Duration = Duration::from_millis(200);
+const POLL: Duration = Duration::from_millis(50);
 
 /// How parts are cut and sent.
 #[derive(Debug, Clone, Copy)]

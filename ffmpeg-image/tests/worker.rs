@@ -639,3 +639,13 @@ fn help_documents_every_setting() {
         );
     }
 }
+
+#[test]
+fn the_first_chunk_of_each_recording_names_its_codecs() {
+    for (spec, video) in [(&VP8_30S, "vp8"), (&VP9_30S, "vp9"), (&H264_30S, "h264")] {
+        let chunks = chunks(spec).expect("recording");
+        let streams = mixdown_worker::webm::codecs(&chunks[0]).expect("the header parses");
+        assert_eq!(streams.video.as_deref(), Some(video), "{}", spec.name);
+        assert_eq!(streams.audio.as_deref(), Some("opus"), "{}", spec.name);
+    }
+}
