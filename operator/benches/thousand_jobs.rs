@@ -1,1 +1,348 @@
-fn main() {}
+//! Benchmark (not a test): 1,000 RecordingJobs created at once, with the concurrency cap lifted and
+//! a trivial worker (`/bin/true`), on the test kit's control plane. It prints:
+//!
+//! - the time from the first RecordingJob create until all 1,000 Jobs exist;
+//! - beside it, in the same run and on the same control plane, the time a plain client loop needs
+//!   to create the same 1,000 Jobs directly (one create after the other, and 64 at a time);
+//! - the operator's peak resident memory (VmHWM) once every RecordingJob has finished.
+//!
+//! Targets (issue 4): within 1.2x of the plain loop, under 64 MB.
+//!
+//! Each phase starts on a quiet control plane: the Job controller's own work for the previous
+//! phase's Jobs (1,000 Pods at its default 20 requests per second) is waited out first.
+//!
+//! `cargo bench -p mixdown-operator` (needs `KUBEBUILDER_ASSETS`, like the tests).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{ObjectMeta, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, CustomResourceExt};
+use mixdown_crds::{Phase, RecordingJob};
+use mixdown_operator::Config;
+use mixdown_operator::job::build_job;
+use mixdown_testkit::cluster::ControlPlane;
+use mixdown_testkit::pods::{PodRunner, PodRunnerHandle};
+use serde_json::json;
+
+const COUNT: usize = 1000;
+const IMAGE: &str = "trivial-worker:bench";
+const SECRET: &str = "mixdown-s3-credentials";
+const QUIET_TIMEOUT: Duration = Duration::from_secs(900);
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is expected.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(bench());
+}
+
+async fn bench() {
+    let cp = ControlPlane::shared().await;
+    cp.install_crd(&RecordingJob::crd())
+        .await
+        .expect("installing the CRD");
+    let client = cp.client();
+
+    // Phase 1: the plain client loop, one create after the other.
+    let sequential_ns = cp.namespace().await;
+    let _runner1 = prepare(&client, sequential_ns.name()).await;
+    let jobs = template_jobs(sequential_ns.name());
+    let api: Api<Job> = Api::namespaced(client.clone(), sequential_ns.name());
+    let start = Instant::now();
+    for job in &jobs {
+        api.create(&PostParams::default(), job)
+            .await
+            .expect("creating a Job");
+    }
+    let sequential = start.elapsed();
+    println!(
+        "plain loop, sequential:        {COUNT} Jobs in {:>7.2} s",
+        sequential.as_secs_f64()
+    );
+    wait_jobs_finished(&client, sequential_ns.name()).await;
+
+    // Phase 2: the plain client, 64 creates in flight.
+    let parallel_ns = cp.namespace().await;
+    let _runner2 = prepare(&client, parallel_ns.name()).await;
+    let jobs = template_jobs(parallel_ns.name());
+    let api: Api<Job> = Api::namespaced(client.clone(), parallel_ns.name());
+    let start = Instant::now();
+    futures::stream::iter(jobs.iter().map(|job| {
+        let api = api.clone();
+        async move { api.create(&PostParams::default(), job).await.map(|_| ()) }
+    }))
+    .buffer_unordered(64)
+    .try_collect::<Vec<()>>()
+    .await
+    .expect("creating Jobs");
+    let parallel = start.elapsed();
+    println!(
+        "plain loop, 64 in flight:      {COUNT} Jobs in {:>7.2} s",
+        parallel.as_secs_f64()
+    );
+    wait_jobs_finished(&client, parallel_ns.name()).await;
+
+    // Phase 3: the operator.
+    let operator_ns = cp.namespace().await;
+    let _runner3 = prepare(&client, operator_ns.name()).await;
+    let mut operator = start_operator(cp, operator_ns.name());
+    wait_operator_ready(&operator.metrics_url).await;
+    let job_api: Api<Job> = Api::namespaced(client.clone(), operator_ns.name());
+    let (all_jobs_tx, all_jobs) = tokio::sync::oneshot::channel::<Instant>();
+    let counter = tokio::spawn(async move {
+        let mut names = BTreeSet::new();
+        let mut stream = std::pin::pin!(
+            watcher(job_api, watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+        );
+        while let Some(job) = stream.next().await {
+            if let Ok(job) = job {
+                names.insert(job.metadata.name.unwrap_or_default());
+                if names.len() == COUNT {
+                    let _ = all_jobs_tx.send(Instant::now());
+                    return;
+                }
+            }
+        }
+    });
+    let rj_api: Api<RecordingJob> = Api::namespaced(client.clone(), operator_ns.name());
+    let start = Instant::now();
+    futures::stream::iter((0..COUNT).map(|i| {
+        let api = rj_api.clone();
+        let mut rj = recording_job(&format!("bench-{i:04}"), None);
+        rj.metadata.uid = None;
+        async move { api.create(&PostParams::default(), &rj).await.map(|_| ()) }
+    }))
+    .buffer_unordered(64)
+    .try_collect::<Vec<()>>()
+    .await
+    .expect("creating RecordingJobs");
+    let created = start.elapsed();
+    let done = tokio::time::timeout(QUIET_TIMEOUT, all_jobs)
+        .await
+        .expect("all Jobs within the timeout")
+        .expect("the Job watch");
+    counter.abort();
+    let through_operator = done.duration_since(start);
+    println!(
+        "operator:                      {COUNT} Jobs in {:>7.2} s  ({COUNT} RecordingJobs created in {:.2} s)",
+        through_operator.as_secs_f64(),
+        created.as_secs_f64()
+    );
+    println!(
+        "operator / plain loop:         {:.2}x sequential, {:.2}x 64 in flight (target <= 1.2x)",
+        through_operator.as_secs_f64() / sequential.as_secs_f64(),
+        through_operator.as_secs_f64() / parallel.as_secs_f64()
+    );
+
+    wait_recording_jobs_finished(&client, operator_ns.name()).await;
+    let rss = peak_rss_kib(operator.child.id()).unwrap_or(0);
+    println!(
+        "operator peak RSS (VmHWM):     {:.1} MB after all {COUNT} RecordingJobs finished (target < 64 MB)",
+        rss as f64 / 1024.0
+    );
+    operator.stop();
+}
+
+/// A pod runner running `/bin/true` for the namespace's Pods, and the Secret they reference.
+async fn prepare(client: &Client, namespace: &str) -> PodRunnerHandle {
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(SECRET.into()),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(BTreeMap::from([(
+            "AWS_ACCESS_KEY_ID".to_string(),
+            "bench".to_string(),
+        )])),
+        ..Secret::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("creating the Secret");
+    PodRunner::new(client.clone(), namespace)
+        .image(IMAGE, "/bin/true")
+        .start()
+        .await
+        .expect("starting the pod runner")
+}
+
+fn config() -> Config {
+    Config {
+        worker_image: IMAGE.into(),
+        worker_service_account: "default".into(),
+        s3_credentials_secret: SECRET.into(),
+        max_running_jobs: 0,
+        ..Config::default()
+    }
+}
+
+fn recording_job(name: &str, namespace: Option<&str>) -> RecordingJob {
+    serde_json::from_value(json!({
+        "apiVersion": "mixdown.dev/v1alpha1",
+        "kind": "RecordingJob",
+        "metadata": {"name": name, "namespace": namespace, "uid": "bench"},
+        "spec": {
+            "roomId": "bench",
+            "recordingId": name,
+            "tracks": [{"participantId": "alice", "source": {"prefix": format!("riverside/chunks/bench/{name}/alice/"), "chunkCount": 60}}],
+            "output": {"prefix": format!("riverside/processed/bench/{name}/")},
+        },
+    }))
+    .expect("a RecordingJob")
+}
+
+/// The Jobs the operator would create, without owner (nothing owns them here).
+fn template_jobs(namespace: &str) -> Vec<Job> {
+    (0..COUNT)
+        .map(|i| {
+            let rj = recording_job(&format!("plain-{i:04}"), Some(namespace));
+            let mut job = build_job(&rj, &config()).expect("a Job");
+            job.metadata.owner_references = None;
+            job
+        })
+        .collect()
+}
+
+/// Waits until every Job in `namespace` finished, so the next phase starts on a quiet server.
+async fn wait_jobs_finished(client: &Client, namespace: &str) {
+    let api: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let start = Instant::now();
+    loop {
+        let jobs = api.list(&Default::default()).await.expect("listing Jobs");
+        let done = jobs
+            .items
+            .iter()
+            .filter(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0)
+            .count();
+        if done == COUNT {
+            println!(
+                "  (its Pods ran and finished after {:.0} s)",
+                start.elapsed().as_secs_f64()
+            );
+            return;
+        }
+        assert!(
+            start.elapsed() < QUIET_TIMEOUT,
+            "Jobs did not finish: {done} of {COUNT}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn wait_recording_jobs_finished(client: &Client, namespace: &str) {
+    let api: Api<RecordingJob> = Api::namespaced(client.clone(), namespace);
+    let start = Instant::now();
+    loop {
+        let list = api
+            .list(&Default::default())
+            .await
+            .expect("listing RecordingJobs");
+        let done = list
+            .items
+            .iter()
+            .filter(|rj| rj.status.as_ref().and_then(|s| s.phase) == Some(Phase::Succeeded))
+            .count();
+        if done == COUNT {
+            println!(
+                "  (all RecordingJobs Succeeded after {:.0} s)",
+                start.elapsed().as_secs_f64()
+            );
+            return;
+        }
+        assert!(
+            start.elapsed() < QUIET_TIMEOUT,
+            "RecordingJobs did not finish: {done} of {COUNT}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+struct Operator {
+    child: Child,
+    metrics_url: String,
+}
+
+impl Operator {
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn start_operator(cp: &ControlPlane, namespace: &str) -> Operator {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mixdown-operator"));
+    cmd.env("KUBECONFIG", cp.kubeconfig_path())
+        .env("RUST_LOG", "warn")
+        .args(["--namespace", namespace])
+        .args(["--worker-image", IMAGE])
+        .args(["--worker-service-account", "default"])
+        .args(["--s3-endpoint", "http://127.0.0.1:9"])
+        .args(["--s3-bucket", "bench"])
+        .args(["--s3-credentials-secret", SECRET])
+        .args(["--max-running-jobs", "0"])
+        .args(["--leader-election", "false"])
+        .args(["--log-format", "text"])
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    Operator {
+        child: cmd.spawn().expect("starting mixdown-operator"),
+        metrics_url: format!("http://127.0.0.1:{port}/readyz"),
+    }
+}
+
+async fn wait_operator_ready(url: &str) {
+    let start = Instant::now();
+    loop {
+        if let Ok(response) = reqwest::get(url).await
+            && response.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the operator did not get ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use futures::channel::mpsc;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodTemplateSpec};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -78,6 +78,7 @@ pub async fn reconcile(guard: Arc<Guarded>, ctx: Arc<Context>) -> Result<Action>
         Ok(rj) => rj,
         Err(invalid) => return Err(Error::InvalidObject(invalid.error.clone())),
     };
+    debug!("reconciling");
     let result = reconcile_recording_job(rj, &ctx).await;
     if result.is_ok()
         && let Some(uid) = rj.uid()
@@ -124,14 +125,16 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
         lock(&ctx.applied).remove(&uid);
         return Ok(Action::await_change());
     }
-    ctx.jobs
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::CacheNotReady("Job"))?;
-    ctx.pods
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::CacheNotReady("Pod"))?;
+    // Never wait for the child caches inside a reconcile: their watches are driven by the same
+    // controller stream, so waiting here could hold them up. Not ready yet: retry in a moment.
+    for (ready, what) in [
+        (ctx.jobs.wait_until_ready().now_or_never(), "Job"),
+        (ctx.pods.wait_until_ready().now_or_never(), "Pod"),
+    ] {
+        if !matches!(ready, Some(Ok(()))) {
+            return Err(Error::CacheNotReady(what));
+        }
+    }
 
     let view = ctx.view(rj, &uid);
     let previous = view.status.clone().unwrap_or_default();

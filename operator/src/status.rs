@@ -111,6 +111,16 @@ pub fn derive_status(
     let failed = job_condition(job, "Failed");
 
     if let Some(ended) = bad_input {
+        // The attempt that found bad input is the last one. On servers without podFailurePolicy
+        // the Job controller replaces a first failed Pod at once, before the operator can stop
+        // it; such a replacement is stopped and is not counted.
+        let through_bad = attempts
+            .iter()
+            .position(|a| a.ended.as_ref().is_some_and(|e| e.is_bad_input()))
+            .map_or(started, |i| {
+                attempts[..=i].iter().filter(|a| a.started).count()
+            });
+        status.attempts = Some(i32::try_from(through_bad).unwrap_or(i32::MAX));
         let (reason, message) = ended.failure();
         fail(&mut status, &mut conds, &reason, &message);
         status.completion_time = ended
@@ -489,6 +499,27 @@ spec:
                     "Failed",
                     &term(2, MISSING_REPORT),
                 )],
+                admission: Admission::Admitted,
+                phase: Phase::Failed,
+                attempts: Some(1),
+                reason: Some("MissingChunk"),
+                message_contains: Some("missing"),
+                outputs: 0,
+                true_conditions: &["Failed"],
+            },
+            Row {
+                name: "bad input, and a replacement the Job controller started before it was stopped",
+                job_status: Some("{startTime: '2026-01-01T10:00:00Z', failed: 1, active: 1}"),
+                pods: vec![
+                    pod("rec-1-a", "job-uid", "Failed", &term(2, MISSING_REPORT)),
+                    pod_created(
+                        "rec-1-b",
+                        "job-uid",
+                        "Running",
+                        "{running: {}}",
+                        "2026-01-01T10:02:00Z",
+                    ),
+                ],
                 admission: Admission::Admitted,
                 phase: Phase::Failed,
                 attempts: Some(1),

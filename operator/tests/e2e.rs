@@ -110,7 +110,10 @@ async fn a_two_track_recording_is_processed_and_its_story_told() {
                     .items
                     .iter()
                     .filter(|e| {
-                        e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("rec-1")
+                        e.regarding.as_ref().is_some_and(|r| {
+                            r.kind.as_deref() == Some("RecordingJob")
+                                && r.name.as_deref() == Some("rec-1")
+                        })
                     })
                     .filter_map(|e| e.reason.clone())
                     .collect();
@@ -304,4 +307,206 @@ async fn the_status_is_not_rewritten_when_nothing_changed() {
             current.status
         );
     }
+}
+
+/// The real worker, a little slower to start, so that runs overlap and can be interrupted.
+const SLOW_WORKER: (&str, &str) = ("slow-worker:test", "sleep 2\nexec \"$WORKER\"");
+
+fn finished(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_chunk_fails_after_one_attempt_and_keeps_the_chunks() {
+    let world = World::new(&[]).await;
+    let _operator = world.operator(WORKER_IMAGE, &[]);
+    let chunks = recording(4, "320x240").await;
+    let prefix = world
+        .upload_track("room1", "gappy", "alice", &chunks, &[2])
+        .await;
+    world
+        .create_rj(
+            "gappy",
+            spec(
+                "room1",
+                "gappy",
+                &[("alice", &prefix, chunks.len())],
+                serde_json::json!({}),
+            ),
+        )
+        .await;
+    let rj = world
+        .wait_rj("gappy", LONG, "a final phase", |s| {
+            s.phase.is_some_and(Phase::is_finished)
+        })
+        .await;
+    let status = rj.status.expect("status");
+    assert_eq!(status.phase, Some(Phase::Failed), "{status:#?}");
+    assert_eq!(status.attempts, Some(1), "{status:#?}");
+    assert_eq!(
+        status.reason.as_deref(),
+        Some("MissingChunk"),
+        "{status:#?}"
+    );
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.contains("00000002"),
+        "the message names the chunk: {message}"
+    );
+    assert_eq!(
+        world.keys(&prefix).await.len(),
+        chunks.len() - 1,
+        "no chunk deleted"
+    );
+
+    // The Job stops for good: Kubernetes 1.20 ignores podFailurePolicy, so the operator stopped
+    // it. (That Job controller replaces a first failed Pod at once, before anyone can stop it;
+    // such a replacement is deleted or, if it already ran, is not counted as an attempt.)
+    let jobs: Api<Job> = Api::namespaced(world.client.clone(), world.namespace());
+    world
+        .eventually(LONG, "the Job finished", || async {
+            jobs.get("gappy").await.ok().filter(finished).map(|_| ())
+        })
+        .await;
+    assert!(pod_count(&world).await <= 2);
+    let again = world.rjs().get("gappy").await.expect("the RecordingJob");
+    assert_eq!(again.status.and_then(|s| s.attempts), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_most_max_running_jobs_run_and_the_queue_keeps_creation_order() {
+    let world = World::new(&[SLOW_WORKER]).await;
+    let _operator = world.operator(SLOW_WORKER.0, &["--max-running-jobs", "2"]);
+    let chunks = recording(3, "320x240").await;
+    let jobs = world.record_jobs();
+    let names: Vec<String> = (1..=5).map(|i| format!("cap-{i}")).collect();
+    let last_statuses = world.record_statuses("cap-5");
+    for name in &names {
+        let prefix = world
+            .upload_track("room1", name, "alice", &chunks, &[])
+            .await;
+        world
+            .create_rj(
+                name,
+                spec(
+                    "room1",
+                    name,
+                    &[("alice", &prefix, chunks.len())],
+                    serde_json::json!({}),
+                ),
+            )
+            .await;
+    }
+    for name in &names {
+        let rj = world
+            .wait_rj(name, LONG, "Succeeded", |s| {
+                s.phase.is_some_and(Phase::is_finished)
+            })
+            .await;
+        let status = rj.status.expect("status");
+        assert_eq!(status.phase, Some(Phase::Succeeded), "{name}: {status:#?}");
+        assert_eq!(status.outputs.len(), 1, "{name}");
+    }
+
+    // Replay the Jobs as the watch saw them: never more than 2 unfinished at once, created in
+    // the RecordingJobs' order.
+    let mut running = std::collections::BTreeSet::new();
+    let mut most = 0;
+    let mut created = std::collections::BTreeMap::new();
+    for job in jobs.values() {
+        let name = job.metadata.name.clone().unwrap_or_default();
+        created
+            .entry(name.clone())
+            .or_insert(job.metadata.creation_timestamp.clone());
+        if finished(&job) {
+            running.remove(&name);
+        } else {
+            running.insert(name);
+        }
+        most = most.max(running.len());
+    }
+    assert!(most <= 2, "{most} Jobs ran at once");
+    assert_eq!(most, 2, "the cap was used");
+    // Two slots freeing together admit two RecordingJobs at once, whose creates may land in
+    // either order within the same moment; across moments the order is the queue's.
+    let times: Vec<_> = names
+        .iter()
+        .map(|n| created.get(n).cloned().flatten())
+        .collect();
+    assert!(
+        times.iter().all(Option::is_some),
+        "every RecordingJob got a Job: {created:?}"
+    );
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "Jobs created in the RecordingJobs' order: {created:?}"
+    );
+    let phases: Vec<Phase> = last_statuses
+        .values()
+        .iter()
+        .filter_map(|s| s.phase)
+        .collect();
+    assert!(
+        phases.contains(&Phase::Queued),
+        "cap-5 waited as Queued: {phases:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_operator_creates_no_second_job_and_the_status_converges() {
+    let world = World::new(&[SLOW_WORKER]).await;
+    let mut first = world.operator(SLOW_WORKER.0, &[]);
+    let chunks = recording(4, "320x240").await;
+    let prefix = world
+        .upload_track("room1", "phoenix", "alice", &chunks, &[])
+        .await;
+    let jobs = world.record_jobs();
+    world
+        .create_rj(
+            "phoenix",
+            spec(
+                "room1",
+                "phoenix",
+                &[("alice", &prefix, chunks.len())],
+                serde_json::json!({}),
+            ),
+        )
+        .await;
+    world
+        .wait_rj("phoenix", LONG, "Running", |s| {
+            s.phase == Some(Phase::Running)
+        })
+        .await;
+    first.kill();
+
+    // The worker finishes while no operator runs; a new one (after the dead one's Lease
+    // expires) finds the Job and reports the result.
+    let second = world.operator(SLOW_WORKER.0, &[]);
+    let rj = world
+        .wait_rj("phoenix", LONG, "a final phase", |s| {
+            s.phase.is_some_and(Phase::is_finished)
+        })
+        .await;
+    let status = rj.status.expect("status");
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:#?}");
+    assert_eq!(status.outputs.len(), 1);
+    assert_eq!(status.attempts, Some(1));
+
+    let uids: std::collections::BTreeSet<String> = jobs
+        .values()
+        .iter()
+        .filter_map(|j| j.metadata.uid.clone())
+        .collect();
+    assert_eq!(uids.len(), 1, "exactly one Job was ever created");
+    assert_eq!(
+        second.metric("mixdown_operator_jobs_created_total").await,
+        Some(0.0),
+        "the restarted operator created no Job"
+    );
 }

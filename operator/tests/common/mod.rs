@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::api::{ObjectMeta, PostParams};
@@ -57,7 +58,14 @@ impl World {
         let s3 = S3Server::start().await.expect("starting the S3 server");
         let bucket = s3.create_bucket().await;
         let dir = tempfile::tempdir().expect("temp dir");
-        let worker = mixdown_testkit::bins::workspace_binary("mixdown-worker", "mixdown-worker");
+        // Building the worker waits on cargo's lock; only tests that run it pay for that.
+        let needs_worker =
+            scripts.is_empty() || scripts.iter().any(|(_, body)| body.contains("$WORKER"));
+        let worker = if needs_worker {
+            mixdown_testkit::bins::workspace_binary("mixdown-worker", "mixdown-worker")
+        } else {
+            PathBuf::from("/bin/false")
+        };
 
         install_worker_rbac(&client, ns.name()).await;
         let secret = Secret {
@@ -217,6 +225,26 @@ impl World {
         recorded
     }
 
+    /// Watches the namespace's Jobs and keeps every version of each, in order.
+    pub fn record_jobs(&self) -> Recorded<Job> {
+        let recorded = Recorded::default();
+        let seen = recorded.clone();
+        let api: Api<Job> = Api::namespaced(self.client.clone(), self.namespace());
+        let stream = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .applied_objects();
+        let task = tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                if let Ok(job) = event {
+                    seen.push(job);
+                }
+            }
+        });
+        recorded.hold(task);
+        recorded
+    }
+
     /// Polls `check` until it returns `Some`, failing with `what` after `timeout`.
     pub async fn eventually<T, F, Fut>(&self, timeout: Duration, what: &str, check: F) -> T
     where
@@ -296,7 +324,7 @@ impl Operator {
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mixdown-operator"));
         cmd.env("KUBECONFIG", world.cp.kubeconfig_path())
-            .env("RUST_LOG", "info,mixdown_operator=debug")
+            .env("RUST_LOG", "info,mixdown_operator=debug,kube_runtime=debug")
             .args(["--namespace", world.namespace()])
             .args(["--worker-image", image])
             .args(["--s3-endpoint", world.s3.endpoint()])
