@@ -265,8 +265,9 @@ impl Upload {
         &self.key
     }
 
-    /// Uploads part `number` (from 1); returns its ETag.
-    pub async fn put_part(&self, number: i32, body: Bytes) -> Result<String, WorkerError> {
+    /// Uploads part `number` (from 1); returns its ETag. A body streamed from a file is signed
+    /// as UNSIGNED-PAYLOAD, which spares both ends hashing every byte with SHA-256.
+    pub async fn put_part(&self, number: i32, body: ByteStream) -> Result<String, WorkerError> {
         let output = self
             .storage
             .client
@@ -275,7 +276,7 @@ impl Upload {
             .key(&self.key)
             .upload_id(&self.upload_id)
             .part_number(number)
-            .body(ByteStream::from(body))
+            .body(body)
             .send()
             .await
             .map_err(|err| {

@@ -10,11 +10,10 @@
 //! file with its duration and cues, which a WebM written to a pipe is not.
 
 use std::collections::BTreeMap;
-use std::hash::{DefaultHasher, Hasher};
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::Bytes;
+use aws_sdk_s3::primitives::{ByteStream, Length};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::sync::CancellationToken;
@@ -25,6 +24,8 @@ use crate::storage::Upload;
 /// A part is only sent once the file is this far past its end: the muxer may still be finishing
 /// the bytes just written.
 const SETTLE_MARGIN: u64 = 256 * 1024;
+/// Reads of the scratch file (hashing, and the SDK streaming a part) go in blocks of this size.
+const READ_BLOCK: usize = 256 * 1024;
 /// How often a growing file is looked at.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -48,11 +49,11 @@ impl PartPlan {
     }
 }
 
-/// A part already sent: where it ended and what its bytes hashed to.
+/// A part already sent: where it ended and the CRC-32 of its bytes.
 #[derive(Debug, Clone)]
 pub struct SentPart {
     end: u64,
-    hash: u64,
+    hash: u32,
     etag: String,
 }
 
@@ -114,9 +115,7 @@ pub async fn finish(
     for number in 1..=parts {
         let (start, end) = plan.range(number, len);
         match sent.get(&number) {
-            Some(part)
-                if part.end == end && hash(&read_range(path, start, end).await?) == part.hash =>
-            {
+            Some(part) if part.end == end && hash_range(path, start, end).await? == part.hash => {
                 etags.insert(number, part.etag.clone());
             }
             Some(_) => {
@@ -160,17 +159,24 @@ async fn send_part(
     start: u64,
     end: u64,
 ) -> Result<(i32, SentPart), WorkerError> {
-    let body = read_range(path, start, end).await?;
-    let hash = hash(&body);
+    // Hashed just before the SDK reads the same range: if the range changes in between, the final
+    // comparison in `finish` sees it and the part is sent again.
+    let hash = hash_range(path, start, end).await?;
+    let body = ByteStream::read_from()
+        .path(path)
+        .offset(start)
+        .length(Length::Exact(end - start))
+        .buffer_size(READ_BLOCK)
+        .build()
+        .await
+        .map_err(|err| {
+            WorkerError::Processing(format!(
+                "reading {} in the scratch dir: {err}",
+                path.display()
+            ))
+        })?;
     let etag = upload.put_part(number, body).await?;
     Ok((number, SentPart { end, hash, etag }))
-}
-
-fn hash(bytes: &[u8]) -> u64 {
-    // Compared only within this process, so the std hasher's unstable algorithm does not matter.
-    let mut hasher = DefaultHasher::new();
-    hasher.write(bytes);
-    hasher.finish()
 }
 
 fn scratch_error(what: &str, path: &Path, err: std::io::Error) -> WorkerError {
@@ -188,18 +194,26 @@ async fn file_len(path: &Path) -> Result<u64, WorkerError> {
     }
 }
 
-async fn read_range(path: &Path, start: u64, end: u64) -> Result<Bytes, WorkerError> {
+/// CRC-32 of bytes `[start, end)` of `path`, read in blocks.
+async fn hash_range(path: &Path, start: u64, end: u64) -> Result<u32, WorkerError> {
     let mut file = tokio::fs::File::open(path)
         .await
         .map_err(|err| scratch_error("opening", path, err))?;
     file.seek(std::io::SeekFrom::Start(start))
         .await
         .map_err(|err| scratch_error("reading", path, err))?;
-    let mut buffer = vec![0; usize::try_from(end - start).unwrap_or(0)];
-    file.read_exact(&mut buffer)
-        .await
-        .map_err(|err| scratch_error("reading", path, err))?;
-    Ok(Bytes::from(buffer))
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buffer = vec![0; READ_BLOCK];
+    let mut left = end - start;
+    while left > 0 {
+        let want = usize::try_from(left.min(READ_BLOCK as u64)).unwrap_or(READ_BLOCK);
+        file.read_exact(&mut buffer[..want])
+            .await
+            .map_err(|err| scratch_error("reading", path, err))?;
+        hasher.update(&buffer[..want]);
+        left -= want as u64;
+    }
+    Ok(hasher.finalize())
 }
 
 #[cfg(test)]
@@ -224,9 +238,31 @@ mod tests {
         assert_eq!(plan.range(1, 100), (0, 100));
     }
 
-    #[test]
-    fn equal_bytes_hash_equal() {
-        assert_eq!(hash(b"cluster"), hash(b"cluster"));
-        assert_ne!(hash(b"cluster"), hash(b"Cluster"));
+    #[tokio::test]
+    async fn ranges_hash_by_content() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("file");
+        let mut bytes: Vec<u8> = (0..3 * READ_BLOCK + 17).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).expect("written");
+        let whole = hash_range(&path, 0, bytes.len() as u64)
+            .await
+            .expect("hashes");
+        assert_eq!(whole, crc32fast::hash(&bytes));
+        let middle = hash_range(&path, 10, 10 + READ_BLOCK as u64 + 5)
+            .await
+            .expect("hashes");
+        assert_eq!(middle, crc32fast::hash(&bytes[10..10 + READ_BLOCK + 5]));
+        bytes[20] ^= 1;
+        std::fs::write(&path, &bytes).expect("rewritten");
+        assert_ne!(
+            hash_range(&path, 10, 10 + READ_BLOCK as u64 + 5)
+                .await
+                .expect("hashes"),
+            middle
+        );
+        assert!(
+            hash_range(&path, 0, bytes.len() as u64 + 1).await.is_err(),
+            "past the end"
+        );
     }
 }
