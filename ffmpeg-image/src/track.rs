@@ -232,6 +232,10 @@ async fn process_inner(
         }
     };
     let size = upload::finish(&upload, &path, ctx.parts, sent).await?;
+    tracing::debug!(
+        elapsed_seconds = started.elapsed().as_secs_f64(),
+        "upload completed"
+    );
     // Completed: nothing to abort any more. The scratch copy is no longer needed either.
     *open_upload = None;
     if let Err(err) = tokio::fs::remove_file(&path).await {
