@@ -109,16 +109,7 @@ pub fn error_policy(guard: Arc<Guarded>, error: &Error, ctx: Arc<Context>) -> Ac
 }
 
 async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Action> {
-    let name = rj
-        .metadata
-        .name
-        .clone()
-        .ok_or(Error::MissingMetadata("name"))?;
-    let namespace = rj
-        .metadata
-        .namespace
-        .clone()
-        .ok_or(Error::MissingMetadata("namespace"))?;
+    let (name, namespace) = crate::job::name_and_namespace(rj)?;
     let uid = rj.uid().ok_or(Error::MissingMetadata("uid"))?;
     if rj.metadata.deletion_timestamp.is_some() {
         // Garbage collection deletes the Job and its Pods.

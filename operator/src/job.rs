@@ -119,10 +119,8 @@ fn is_label_value(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// The Job that runs a RecordingJob's worker. Its name is the RecordingJob's, so a second create
-/// finds the first (409) instead of starting a second worker.
-pub fn build_job(rj: &RecordingJob, config: &Config) -> Result<Job> {
-    validate(rj)?;
+/// The RecordingJob's name and namespace, which every object read from the API server has.
+pub fn name_and_namespace(rj: &RecordingJob) -> Result<(String, String)> {
     let name = rj
         .metadata
         .name
@@ -133,6 +131,14 @@ pub fn build_job(rj: &RecordingJob, config: &Config) -> Result<Job> {
         .namespace
         .clone()
         .ok_or(Error::MissingMetadata("namespace"))?;
+    Ok((name, namespace))
+}
+
+/// The Job that runs a RecordingJob's worker. Its name is the RecordingJob's, so a second create
+/// finds the first (409) instead of starting a second worker.
+pub fn build_job(rj: &RecordingJob, config: &Config) -> Result<Job> {
+    validate(rj)?;
+    let (name, namespace) = name_and_namespace(rj)?;
     let mut owner = rj
         .controller_owner_ref(&())
         .ok_or(Error::MissingMetadata("uid"))?;
