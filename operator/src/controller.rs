@@ -189,6 +189,7 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
             ctx.stop_retries(job).await?;
         }
         if desired.phase == Some(Phase::Running)
+            && tries.len() > 1
             && progress_is_stale(rj, tries.last(), field_managers::WORKER)
         {
             ctx.clear_stale_progress(&namespace, &name).await?;

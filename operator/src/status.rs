@@ -295,8 +295,11 @@ fn comparable(status: &RecordingJobStatus) -> RecordingJobStatus {
 }
 
 /// Whether the `progress` shown is left over from an earlier attempt: the worker last wrote it
-/// before the current attempt's Pod existed. Then the operator clears it (see
-/// `controller::clear_stale_progress`) so nobody sees the last attempt's 100 % while a retry runs.
+/// before the current attempt's Pod existed, or in the same second (managed-field times have
+/// whole seconds, and a failed Pod is often replaced within one). Then the operator clears it
+/// (see `controller::clear_stale_progress`) so nobody sees the last attempt's 100 % while a retry
+/// runs. Clearing a new attempt's first report by mistake costs nothing: it reports again.
+/// Only asked when there was an earlier attempt.
 pub fn progress_is_stale(
     rj: &RecordingJob,
     current_attempt: Option<&Attempt>,
@@ -314,7 +317,7 @@ pub fn progress_is_stale(
         .filter(|m| m.manager.as_deref() == Some(worker_field_manager))
         .filter_map(|m| m.time.as_ref())
         .max();
-    last_write.is_some_and(|written| written.0 < created.0)
+    last_write.is_some_and(|written| written.0 <= created.0)
 }
 
 #[cfg(test)]
@@ -754,7 +757,13 @@ spec:
             Some(&attempt("2026-01-01T10:01:00Z")),
             "mixdown-worker"
         ));
-        let fresh = with_progress("2026-01-01T10:01:00Z");
+        let same_second = with_progress("2026-01-01T10:01:00Z");
+        assert!(progress_is_stale(
+            &same_second,
+            Some(&attempt("2026-01-01T10:01:00Z")),
+            "mixdown-worker"
+        ));
+        let fresh = with_progress("2026-01-01T10:01:01Z");
         assert!(!progress_is_stale(
             &fresh,
             Some(&attempt("2026-01-01T10:01:00Z")),

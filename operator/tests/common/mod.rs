@@ -324,7 +324,11 @@ impl Operator {
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mixdown-operator"));
         cmd.env("KUBECONFIG", world.cp.kubeconfig_path())
-            .env("RUST_LOG", "info,mixdown_operator=debug,kube_runtime=debug")
+            // MIXDOWN_TEST_OPERATOR_LOG=debug when a test needs the whole story.
+            .env(
+                "RUST_LOG",
+                std::env::var("MIXDOWN_TEST_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .args(["--namespace", world.namespace()])
             .args(["--worker-image", image])
             .args(["--s3-endpoint", world.s3.endpoint()])
