@@ -231,24 +231,6 @@ pub fn input_probe_args() -> Vec<String> {
     .to_vec()
 }
 
-/// ffprobe arguments that read the whole recording from stdin, without decoding, and print one
-/// `pts_time,duration_time` line per packet: the input's own timing, to compare the output with.
-pub fn packet_probe_args() -> Vec<String> {
-    [
-        "-hide_banner",
-        "-loglevel",
-        "level+error",
-        "-i",
-        "pipe:0",
-        "-show_entries",
-        "packet=pts_time,duration_time",
-        "-of",
-        "csv=p=0",
-    ]
-    .map(String::from)
-    .to_vec()
-}
-
 /// ffprobe arguments that read an uploaded output (by URL) and print its duration and streams.
 pub fn output_probe_args(url: &str) -> Vec<String> {
     [
@@ -263,37 +245,6 @@ pub fn output_probe_args(url: &str) -> Vec<String> {
     ]
     .map(String::from)
     .to_vec()
-}
-
-/// The time span covered by the recording's packets, accumulated line by line.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PacketSpan {
-    start: Option<f64>,
-    end: Option<f64>,
-    pub packets: u64,
-}
-
-impl PacketSpan {
-    /// Adds one `pts_time,duration_time` line (either may be `N/A`).
-    pub fn add_line(&mut self, line: &str) {
-        let mut fields = line.trim().split(',');
-        let Some(pts) = fields.next().and_then(|f| f.parse::<f64>().ok()) else {
-            return;
-        };
-        let duration = fields
-            .next()
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        self.packets += 1;
-        self.start = Some(self.start.map_or(pts, |s| s.min(pts)));
-        let end = pts + duration.max(0.0);
-        self.end = Some(self.end.map_or(end, |e| e.max(end)));
-    }
-
-    /// Seconds from the first packet to the end of the last, if any packet was seen.
-    pub fn duration(&self) -> Option<f64> {
-        Some(self.end? - self.start?)
-    }
 }
 
 /// What ffprobe says about an uploaded output.
@@ -605,25 +556,6 @@ mod tests {
         assert_eq!(input, streams(Some("vp8"), Some("opus")));
         assert_eq!(input.log_contexts(), ["matroska,webm", "vp8", "opus"]);
         assert!(InputStreams::from_ffprobe_json("garbage").is_err());
-    }
-
-    #[test]
-    fn packet_span_covers_first_to_last_packet() {
-        let mut span = PacketSpan::default();
-        assert_eq!(span.duration(), None);
-        for line in [
-            "3.486000,0.020000",
-            "3.500000,N/A",
-            "33.486000,0.020000",
-            "33.480000,0.033000",
-            "N/A,N/A",
-            "",
-        ] {
-            span.add_line(line);
-        }
-        assert_eq!(span.packets, 4);
-        let duration = span.duration().expect("packets seen");
-        assert!((duration - 30.027).abs() < 1e-9, "{duration}");
     }
 
     #[test]

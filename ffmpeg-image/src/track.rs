@@ -4,14 +4,15 @@
 //!
 //! ```text
 //! GET chunk 0..n (download_ahead at once, in order) ──▶ ffmpeg stdin ──▶ scratch file ──▶ UploadPart…
-//!                                                  └─▶ ffprobe stdin (packet timing of the input)
+//!                                                  └─▶ webm::Timing (packet timing of the input)
 //! ```
 //!
 //! The codecs are read from the first chunk's header before ffmpeg starts (H.264 is copied into
-//! MP4, anything else is encoded); ffprobe reads the first chunks when the header does not parse. The same bytes also go to a second, demux-only ffprobe that
-//! measures the input's duration, which the output is verified against. ffmpeg's and ffprobe's
-//! logs are read as they come: a demuxer or decoder error means a chunk is unreadable, and the
-//! byte position in the message names the chunk.
+//! MP4, anything else is encoded); ffprobe reads the first chunks when the header does not parse.
+//! As the bytes go to ffmpeg, [`webm::Timing`] reads the cluster and block timestamps in them:
+//! the input's duration, which the output is verified against. ffmpeg's log is read as it comes:
+//! a demuxer or decoder error means a chunk is unreadable, and the byte position in the message
+//! names the chunk.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -29,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::chunks::{self, Chunk};
 use crate::error::WorkerError;
-use crate::media::{self, EncodeSettings, InputStreams, OutputInfo, PacketSpan, Verdict};
+use crate::media::{self, EncodeSettings, InputStreams, OutputInfo, Verdict};
 use crate::progress::Progress;
 use crate::storage::{Storage, Upload};
 use crate::upload::{self, PartPlan, Sent};
@@ -149,32 +150,22 @@ async fn process_inner(
     }
 
     let mut ffmpeg = spawn(&ctx.ffmpeg, &output.args, false)?;
-    let mut prober = spawn(&ctx.ffprobe, &media::packet_probe_args(), true)?;
     let contexts = input.log_contexts();
     let feeding = AtomicUsize::new(0);
     let writer_done = CancellationToken::new();
-    let (Some(ffmpeg_in), Some(ffmpeg_err), Some(prober_in), Some(prober_out), Some(prober_err)) = (
-        ffmpeg.stdin.take(),
-        ffmpeg.stderr.take(),
-        prober.stdin.take(),
-        prober.stdout.take(),
-        prober.stderr.take(),
-    ) else {
+    let (Some(ffmpeg_in), Some(ffmpeg_err)) = (ffmpeg.stdin.take(), ffmpeg.stderr.take()) else {
         return Err(WorkerError::Processing("ffmpeg's pipes are missing".into()));
     };
 
     let early_upload = open_upload.clone();
-    let (fed_all, ffmpeg_log, prober_log, span, ffmpeg_status, prober_status, sent) = tokio::try_join!(
-        feed(ctx, head, downloads, ffmpeg_in, prober_in, &feeding),
+    let ((fed_all, timing), ffmpeg_log, ffmpeg_status, sent) = tokio::try_join!(
+        feed(ctx, head, downloads, ffmpeg_in, &feeding),
         watch_log("ffmpeg", ffmpeg_err, &contexts, plan, &feeding),
-        watch_log("ffprobe", prober_err, &contexts, plan, &feeding),
-        read_span(prober_out),
         async {
             let status = wait(&mut ffmpeg, "ffmpeg").await;
             writer_done.cancel();
             status
         },
-        wait(&mut prober, "ffprobe"),
         async {
             match &early_upload {
                 Some(upload) => {
@@ -200,14 +191,13 @@ async fn process_inner(
             plan.participant, at.name
         )));
     }
-    if !prober_status.success() {
-        return Err(WorkerError::Processing(format!(
-            "ffprobe reading the timing of track {} exited with {prober_status}: {}",
-            plan.participant,
-            prober_log.join(" | ")
-        )));
+    if timing.resyncs() > 0 {
+        tracing::warn!(
+            resyncs = timing.resyncs(),
+            "the recording's timing was read past damaged data"
+        );
     }
-    let input_duration = span
+    let input_duration = timing
         .duration()
         .ok_or_else(|| WorkerError::UnreadableChunk {
             participant: plan.participant.clone(),
@@ -216,6 +206,7 @@ async fn process_inner(
         })?;
     tracing::info!(
         input_seconds = input_duration,
+        packets = timing.packets(),
         elapsed_seconds = started.elapsed().as_secs_f64(),
         "ffmpeg finished"
     );
@@ -302,44 +293,36 @@ impl<T> std::future::Future for AbortOnDrop<T> {
     }
 }
 
-/// Feeds the chunks to ffmpeg and to the timing ffprobe, in order. Returns whether every chunk
-/// went in (ffmpeg may stop reading early when it fails; its exit status then says why).
+/// Feeds the chunks to ffmpeg in order, reading their timing on the way. Returns whether every
+/// chunk went in (ffmpeg may stop reading early when it fails; its exit status then says why) and
+/// the timing.
 async fn feed(
     ctx: &Context,
     head: Vec<Bytes>,
     rest: BoxStream<'_, Result<Bytes, WorkerError>>,
     mut ffmpeg_in: ChildStdin,
-    prober_in: ChildStdin,
     feeding: &AtomicUsize,
-) -> Result<bool, WorkerError> {
-    let mut prober_in = Some(prober_in);
+) -> Result<(bool, webm::Timing), WorkerError> {
+    let mut timing = webm::Timing::new();
     let mut chunks = stream::iter(head.into_iter().map(Ok)).chain(rest);
     let mut index = 0;
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk?;
         feeding.store(index, Ordering::Relaxed);
-        let to_prober = async {
-            match prober_in.as_mut() {
-                Some(stdin) => stdin.write_all(&chunk).await,
-                None => Ok(()),
-            }
-        };
-        let (to_ffmpeg, to_prober) = tokio::join!(ffmpeg_in.write_all(&chunk), to_prober);
-        match to_ffmpeg {
+        match ffmpeg_in.write_all(&chunk).await {
             Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => return Ok(false),
+            Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {
+                return Ok((false, timing));
+            }
             Err(err) => return Err(WorkerError::Processing(format!("writing to ffmpeg: {err}"))),
         }
-        if let Err(err) = to_prober {
-            // Its exit status reports why; ffmpeg can go on meanwhile.
-            tracing::warn!(error = %err, "the timing ffprobe stopped reading");
-            prober_in = None;
-        }
+        // Microseconds a chunk: only element headers and the first bytes of blocks are read.
+        timing.feed(&chunk);
         ctx.progress.add(chunk.len() as u64);
         index += 1;
     }
-    // Dropping the pipes tells both programs the recording is over.
-    Ok(true)
+    // Dropping the pipe tells ffmpeg the recording is over.
+    Ok((true, timing))
 }
 
 /// Reads a program's log as it comes: returns the last lines, or the first input error as
@@ -406,20 +389,6 @@ fn unreadable(plan: &TrackPlan, message: &str, feeding: &AtomicUsize) -> WorkerE
         chunk,
         detail,
     }
-}
-
-/// Accumulates the timing ffprobe's packet lines.
-async fn read_span(stdout: impl AsyncRead + Unpin) -> Result<PacketSpan, WorkerError> {
-    let mut lines = BufReader::new(stdout).lines();
-    let mut span = PacketSpan::default();
-    while let Some(line) = lines
-        .next_line()
-        .await
-        .map_err(|err| WorkerError::Processing(format!("reading ffprobe's packets: {err}")))?
-    {
-        span.add_line(&line);
-    }
-    Ok(span)
 }
 
 fn spawn(program: &Path, args: &[String], stdout: bool) -> Result<Child, WorkerError> {
