@@ -361,3 +361,157 @@ async fn serve(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_s3::primitives::ByteStream;
+    use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+    use s3s::crypto::{Checksum, Md5};
+
+    use super::S3Server;
+
+    const MIB: usize = 1024 * 1024;
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+    }
+
+    fn md5(bytes: &[u8]) -> Vec<u8> {
+        let mut md5 = Md5::new();
+        md5.update(bytes);
+        md5.finalize().to_vec()
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Uploads `parts` (part 2 sent twice, the second time with `parts[1]`), completes, and
+    /// returns the ETag Complete answered.
+    async fn upload(
+        s3: &S3Server,
+        bucket: &str,
+        key: &str,
+        parts: &[Vec<u8>],
+        if_none_match: bool,
+    ) -> String {
+        let client = s3.client();
+        let created = client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .content_type("video/webm")
+            .send()
+            .await
+            .unwrap();
+        let id = created.upload_id().unwrap();
+        let mut completed = Vec::new();
+        for (index, part) in parts.iter().enumerate() {
+            let number = index as i32 + 1;
+            let send = |body: Vec<u8>| {
+                client
+                    .upload_part()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .part_number(number)
+                    .body(ByteStream::from(body))
+                    .send()
+            };
+            if number == 2 {
+                // A first version, replaced: the Complete must see the second.
+                send(pattern(part.len(), 0x5A)).await.unwrap();
+            }
+            let out = send(part.clone()).await.unwrap();
+            assert_eq!(
+                out.e_tag(),
+                Some(format!("\"{}\"", hex(&md5(part))).as_str())
+            );
+            completed.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .e_tag(out.e_tag().unwrap())
+                    .build(),
+            );
+        }
+        let mut complete = client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            );
+        if if_none_match {
+            complete = complete.if_none_match("*");
+        }
+        let out = complete.send().await.unwrap();
+        out.e_tag().unwrap().to_owned()
+    }
+
+    /// The fast Complete and the one of `s3s-fs` (taken for conditional requests) agree, with
+    /// each other and with S3: the object is the parts in order, its ETag the MD5 of the parts'
+    /// MD5s and the part count, the same on Complete, HEAD and GET, and its attributes are the
+    /// upload's.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn complete_writes_the_parts_with_the_multipart_etag() {
+        let s3 = S3Server::start().await.unwrap();
+        let bucket = s3.create_bucket().await;
+        let client = s3.client();
+        let parts = [pattern(5 * MIB, 1), pattern(5 * MIB, 2), pattern(777, 3)];
+        let expected = format!(
+            "\"{}-3\"",
+            hex(&md5(&parts
+                .iter()
+                .map(|p| md5(p))
+                .collect::<Vec<_>>()
+                .concat()))
+        );
+        for (key, conditional) in [("out/fast.webm", false), ("out/s3s-fs.webm", true)] {
+            let e_tag = upload(&s3, &bucket, key, &parts, conditional).await;
+            assert_eq!(e_tag, expected, "{key}");
+            let head = client
+                .head_object()
+                .bucket(&bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(head.e_tag(), Some(expected.as_str()), "{key}");
+            assert_eq!(head.content_type(), Some("video/webm"), "{key}");
+            let got = client
+                .get_object()
+                .bucket(&bucket)
+                .key(key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(got.e_tag(), Some(expected.as_str()), "{key}");
+            let bytes = got.body.collect().await.unwrap().into_bytes();
+            assert!(bytes == parts.concat(), "{key}: object bytes differ");
+        }
+        assert!(s3.incomplete_uploads(&bucket).is_empty());
+        let leftovers: Vec<_> = std::fs::read_dir(s3.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.contains("upload") || name.starts_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+
+        // Completing over an existing object replaces it, ETag included.
+        let smaller = [pattern(5 * MIB, 7), pattern(10, 8)];
+        let e_tag = upload(&s3, &bucket, "out/fast.webm", &smaller, false).await;
+        let head = client
+            .head_object()
+            .bucket(&bucket)
+            .key("out/fast.webm")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.e_tag(), Some(e_tag.as_str()));
+        assert!(e_tag.ends_with("-2\""), "{e_tag}");
+        assert_eq!(head.content_length(), Some(5 * MIB as i64 + 10));
+    }
+}

@@ -5,7 +5,8 @@
 //! - `.upload-{uploadId}.json`: an open multipart upload (removed by Complete and Abort);
 //! - `.bucket-{b64(bucket)}.object-{b64(key)}.upload-{uploadId}.metadata.json`: the attributes
 //!   given to CreateMultipartUpload, the only place that ties an upload to its bucket and key;
-//! - `.upload_id-{uploadId}.part-{n}`: the uploaded parts.
+//! - `.upload_id-{uploadId}.part-{n}`: the uploaded parts;
+//! - `.bucket-{b64(bucket)}.object-{b64(key)}.internal.json`: the object's ETag and checksums.
 //!
 //! `b64` is unpadded URL-safe base64. The layout is that of the pinned `s3s-fs` version; the
 //! integration tests notice if it changes.
@@ -109,4 +110,34 @@ pub(crate) fn remove_parts(root: &Path, upload_id: Uuid) -> std::io::Result<()> 
         }
     }
     Ok(())
+}
+
+/// The access key that created upload `upload_id` (`Some(None)`: created anonymously), if it is
+/// open.
+pub(crate) fn upload_owner(root: &Path, upload_id: Uuid) -> Option<Option<String>> {
+    let content = std::fs::read(root.join(format!(".upload-{upload_id}.json"))).ok()?;
+    serde_json::from_slice(&content).ok()
+}
+
+/// The bookkeeping of a Complete, as `s3s-fs` does it: the upload is forgotten, the attributes
+/// given to CreateMultipartUpload become the object's, and the object's ETag is recorded (its
+/// checksums from an earlier object at the key are dropped: they are not this object's).
+pub(crate) fn finish_upload(
+    root: &Path,
+    upload_id: Uuid,
+    bucket: &str,
+    key: &str,
+    e_tag: &str,
+) -> std::io::Result<()> {
+    let encode = |s: &str| base64_simd::URL_SAFE_NO_PAD.encode_to_string(s);
+    let object = format!(".bucket-{}.object-{}", encode(bucket), encode(key));
+    std::fs::remove_file(root.join(format!(".upload-{upload_id}.json")))?;
+    let attributes = root.join(format!("{object}.upload-{upload_id}.metadata.json"));
+    if attributes.exists() {
+        std::fs::rename(attributes, root.join(format!("{object}.metadata.json")))?;
+    }
+    let info = serde_json::json!({ "e_tag": e_tag });
+    let temp = root.join(format!(".tmp.mixdown-{}.internal.part", Uuid::new_v4()));
+    std::fs::write(&temp, serde_json::to_vec(&info)?)?;
+    std::fs::rename(temp, root.join(format!("{object}.internal.json")))
 }
