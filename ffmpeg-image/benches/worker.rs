@@ -359,6 +359,7 @@ async fn baseline(
         .buffered(8)
         .try_collect()
         .await?;
+    let downloaded = started.elapsed();
     let whole = dir.join("baseline-input.webm");
     {
         let mut out = std::fs::File::create(&whole)?;
@@ -366,8 +367,10 @@ async fn baseline(
             std::io::copy(&mut std::fs::File::open(file)?, &mut out)?;
         }
     }
+    let concatenated = started.elapsed();
     let output = dir.join(format!("baseline.{}", case.profile().extension()));
     run_ffmpeg(case, &whole, &output).await?;
+    let encoded = started.elapsed();
     client
         .put_object()
         .bucket(bucket)
@@ -376,6 +379,13 @@ async fn baseline(
         .send()
         .await?;
     let elapsed = started.elapsed();
+    eprintln!(
+        "bench: baseline phases: download {:.2} s, concatenate {:.2} s, ffmpeg {:.2} s, upload {:.2} s",
+        downloaded.as_secs_f64(),
+        (concatenated - downloaded).as_secs_f64(),
+        (encoded - concatenated).as_secs_f64(),
+        (elapsed - encoded).as_secs_f64()
+    );
     std::fs::remove_dir_all(&chunks_dir)?;
     std::fs::remove_file(&whole)?;
     Ok(elapsed)
