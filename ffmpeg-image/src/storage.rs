@@ -97,6 +97,16 @@ impl Storage {
         }
     }
 
+    /// A storage over a client made elsewhere (tests: the test kit's server).
+    #[cfg(test)]
+    pub(crate) fn from_client(client: Client, bucket: &str) -> Storage {
+        Storage {
+            client,
+            bucket: bucket.to_owned(),
+            max_attempts: 1,
+        }
+    }
+
     pub fn bucket(&self) -> &str {
         &self.bucket
     }

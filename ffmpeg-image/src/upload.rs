@@ -101,7 +101,9 @@ pub async fn upload_while_writing(
 }
 
 /// Sends every part of the finished file `path` that was not already sent with the same bytes,
-/// then completes the upload. Returns the file's size.
+/// then completes the upload. Returns the file's size. The parts never sent go at once, while the
+/// ones sent during writing are compared with the finished file; any of those that changed is
+/// sent again after.
 pub async fn finish(
     upload: &Upload,
     path: &Path,
@@ -109,37 +111,32 @@ pub async fn finish(
     sent: Sent,
 ) -> Result<u64, WorkerError> {
     let len = file_len(path).await?;
-    let parts = plan.parts(len);
-    let mut etags: BTreeMap<i32, String> = BTreeMap::new();
-    let mut todo = Vec::new();
-    for number in 1..=parts {
-        let (start, end) = plan.range(number, len);
-        match sent.get(&number) {
-            Some(part) if part.end == end && hash_range(path, start, end).await? == part.hash => {
-                etags.insert(number, part.etag.clone());
-            }
-            Some(_) => {
+    let (sent_before, unsent): (Vec<i32>, Vec<i32>) =
+        (1..=plan.parts(len)).partition(|number| sent.contains_key(number));
+    let check = async {
+        let mut kept = BTreeMap::new();
+        let mut changed = Vec::new();
+        for number in sent_before {
+            let (start, end) = plan.range(number, len);
+            let part = &sent[&number];
+            if part.end == end && hash_range(path, start, end).await? == part.hash {
+                kept.insert(number, part.etag.clone());
+            } else {
                 tracing::info!(
                     key = upload.key(),
                     part = number,
                     "part changed after it was sent, sending it again"
                 );
-                todo.push(number);
+                changed.push(number);
             }
-            None => todo.push(number),
         }
-    }
+        Ok::<_, WorkerError>((kept, changed))
+    };
+    let ((mut etags, changed), sent_now) =
+        tokio::try_join!(check, send_parts(upload, path, plan, len, unsent))?;
     let reused = etags.len();
-    let mut uploads = futures::stream::iter(todo)
-        .map(|number| {
-            let (start, end) = plan.range(number, len);
-            send_part(upload, path, number, start, end)
-        })
-        .buffer_unordered(plan.concurrency);
-    while let Some(result) = uploads.next().await {
-        let (number, part) = result?;
-        etags.insert(number, part.etag);
-    }
+    etags.extend(sent_now);
+    etags.extend(send_parts(upload, path, plan, len, changed).await?);
     let parts: Vec<(i32, String)> = etags.into_iter().collect();
     tracing::debug!(
         key = upload.key(),
@@ -150,6 +147,28 @@ pub async fn finish(
     );
     upload.complete(&parts).await?;
     Ok(len)
+}
+
+/// Sends parts `numbers` of the finished file, `plan.concurrency` at once; returns their ETags.
+async fn send_parts(
+    upload: &Upload,
+    path: &Path,
+    plan: PartPlan,
+    len: u64,
+    numbers: Vec<i32>,
+) -> Result<BTreeMap<i32, String>, WorkerError> {
+    let mut etags = BTreeMap::new();
+    let mut uploads = futures::stream::iter(numbers)
+        .map(|number| {
+            let (start, end) = plan.range(number, len);
+            send_part(upload, path, number, start, end)
+        })
+        .buffer_unordered(plan.concurrency);
+    while let Some(result) = uploads.next().await {
+        let (number, part) = result?;
+        etags.insert(number, part.etag);
+    }
+    Ok(etags)
 }
 
 async fn send_part(
@@ -263,6 +282,61 @@ mod tests {
         assert!(
             hash_range(&path, 0, bytes.len() as u64 + 1).await.is_err(),
             "past the end"
+        );
+    }
+
+    /// Parts sent while the file was written are kept if unchanged and sent again if changed;
+    /// parts never sent go at the end; the object is the finished file.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn finish_sends_what_was_not_sent_and_what_changed() {
+        let server = mixdown_testkit::s3::S3Server::start()
+            .await
+            .expect("S3 server");
+        let bucket = server.create_bucket().await;
+        let storage = crate::storage::Storage::from_client(server.client(), &bucket);
+        let upload = storage
+            .create_upload("out/alice.webm", "video/webm")
+            .await
+            .expect("created");
+        let plan = PartPlan {
+            part_size: 5 * MIB,
+            concurrency: 2,
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("alice.webm");
+        let mut bytes: Vec<u8> = (0..(15 * MIB + 1000) as usize)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        std::fs::write(&path, &bytes).expect("written");
+        let mut sent = Sent::new();
+        for number in [2, 3] {
+            let (start, end) = plan.range(number, bytes.len() as u64);
+            let (number, part) = send_part(&upload, &path, number, start, end)
+                .await
+                .expect("sent");
+            sent.insert(number, part);
+        }
+        // The writer goes back into part 2 (and part 1) after they were sent.
+        bytes[10] ^= 0xFF;
+        bytes[5 * MIB as usize + 7] ^= 0xFF;
+        std::fs::write(&path, &bytes).expect("rewritten");
+
+        let size = finish(&upload, &path, plan, sent).await.expect("finished");
+        assert_eq!(size, bytes.len() as u64);
+        let object = server
+            .client()
+            .get_object()
+            .bucket(&bucket)
+            .key("out/alice.webm")
+            .send()
+            .await
+            .expect("stored");
+        let stored = object.body.collect().await.expect("read").into_bytes();
+        assert!(stored == bytes, "the object is not the finished file");
+        assert_eq!(
+            server.request_count("UploadPart"),
+            2 + 3,
+            "parts 1, 2 (again) and 4"
         );
     }
 }
