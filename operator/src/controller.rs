@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
@@ -30,6 +30,7 @@ use tracing::{Span, debug, field, info, instrument, warn};
 use crate::attempts::attempts;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::events::Events;
 use crate::job::{build_job, is_owned_by, validate};
 use crate::metrics::Metrics;
 use crate::slots::{Census, QueueKey, Slots, next_in_line};
@@ -54,7 +55,7 @@ pub struct Context {
     pub jobs: Store<Job>,
     pub pods: Store<Pod>,
     pub slots: Slots,
-    pub recorder: Recorder,
+    pub events: Events,
     pub metrics: Metrics,
     /// The status last applied per RecordingJob (by uid), until the cache shows it: reconciles
     /// triggered in between must not see the old status and write or announce it twice.
@@ -521,19 +522,10 @@ impl Context {
                 self.slot_freed.notify_one();
             }
         }
-        if events.is_empty() {
-            return;
+        if !events.is_empty() {
+            // Best effort, in the background: never slows the reconcile down.
+            self.events.publish(rj.object_ref(&()), events);
         }
-        let reference: ObjectReference = rj.object_ref(&());
-        let recorder = self.recorder.clone();
-        // Events are best effort and must not slow the reconcile down.
-        tokio::spawn(async move {
-            for event in events {
-                if let Err(error) = recorder.publish(&event, &reference).await {
-                    warn!(%error, reason = %event.reason, "could not record an Event");
-                }
-            }
-        });
     }
 }
 
@@ -687,6 +679,7 @@ pub async fn run(
             instance: Some(settings.instance.clone()),
         },
     );
+    let (events, publisher) = Events::start(recorder);
     let ctx = Arc::new(Context {
         client,
         slots: Slots::new(settings.config.max_running_jobs),
@@ -694,7 +687,7 @@ pub async fn run(
         rjs: rj_reader.clone(),
         jobs: job_reader.clone(),
         pods: pod_reader.clone(),
-        recorder,
+        events,
         metrics: metrics.clone(),
         applied: Mutex::new(HashMap::new()),
         failures: Mutex::new(HashMap::new()),
@@ -751,7 +744,7 @@ pub async fn run(
         .reconcile_on(wake_rx)
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(error) = result {
                 debug!(%error, "controller event");
@@ -759,5 +752,13 @@ pub async fn run(
         })
         .await;
     waker.abort();
+    // Let the Events of the last reconciles out, briefly.
+    drop(ctx);
+    if tokio::time::timeout(Duration::from_secs(2), publisher)
+        .await
+        .is_err()
+    {
+        debug!("Events still queued at shutdown were dropped");
+    }
     info!("controller stopped");
 }

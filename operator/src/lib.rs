@@ -9,6 +9,7 @@ pub mod attempts;
 pub mod config;
 pub mod controller;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod job;
 pub mod leader;
