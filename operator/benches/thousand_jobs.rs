@@ -11,7 +11,8 @@
 //! Each phase starts on a quiet control plane: the Job controller's own work for the previous
 //! phase's Jobs (1,000 Pods at its default 20 requests per second) is waited out first.
 //!
-//! `cargo bench -p mixdown-operator` (needs `KUBEBUILDER_ASSETS`, like the tests).
+//! `cargo bench -p mixdown-operator` (needs `KUBEBUILDER_ASSETS`, like the tests);
+//! `MIXDOWN_BENCH_PHASES=operator` runs the operator's phase alone, to iterate on it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::CommandExt;
@@ -46,60 +47,88 @@ fn main() {
 }
 
 async fn bench() {
+    // MIXDOWN_BENCH_PHASES=operator runs only that phase (to iterate on the operator); the
+    // figures to report come from a run of all three, which is the default.
+    let phases = std::env::var("MIXDOWN_BENCH_PHASES")
+        .unwrap_or_else(|_| "sequential,parallel,operator".into());
+    let phases: Vec<&str> = phases.split(',').map(str::trim).collect();
     let cp = ControlPlane::shared().await;
     cp.install_crd(&RecordingJob::crd())
         .await
         .expect("installing the CRD");
     let client = cp.client();
 
-    // Phase 1: the plain client loop, one create after the other.
-    let sequential_ns = cp.namespace().await;
-    let _runner1 = prepare(&client, sequential_ns.name()).await;
-    let jobs = template_jobs(sequential_ns.name());
-    let api: Api<Job> = Api::namespaced(client.clone(), sequential_ns.name());
-    let start = Instant::now();
-    for job in &jobs {
-        api.create(&PostParams::default(), job)
-            .await
-            .expect("creating a Job");
+    let sequential = if phases.contains(&"sequential") {
+        Some(plain_loop(cp, &client, 1).await)
+    } else {
+        None
+    };
+    let parallel = if phases.contains(&"parallel") {
+        Some(plain_loop(cp, &client, 64).await)
+    } else {
+        None
+    };
+    if !phases.contains(&"operator") {
+        return;
     }
-    let sequential = start.elapsed();
+    let (through_operator, rss) = operator(cp, &client).await;
+    for (baseline, label) in [(sequential, "sequential"), (parallel, "64 in flight")] {
+        if let Some(baseline) = baseline {
+            println!(
+                "operator / plain loop, {label:<13} {:.2}x (target <= 1.2x)",
+                through_operator.as_secs_f64() / baseline.as_secs_f64()
+            );
+        }
+    }
     println!(
-        "plain loop, sequential:        {COUNT} Jobs in {:>7.2} s",
-        sequential.as_secs_f64()
+        "operator peak RSS (VmHWM):     {:.1} MB after all {COUNT} RecordingJobs finished (target < 64 MB)",
+        rss as f64 / 1024.0
     );
-    wait_jobs_finished(&client, sequential_ns.name()).await;
+}
 
-    // Phase 2: the plain client, 64 creates in flight.
-    let parallel_ns = cp.namespace().await;
-    let _runner2 = prepare(&client, parallel_ns.name()).await;
-    let jobs = template_jobs(parallel_ns.name());
-    let api: Api<Job> = Api::namespaced(client.clone(), parallel_ns.name());
+/// The plain client loop: creates the 1,000 Jobs directly, `in_flight` at a time, and returns how
+/// long that took. Then waits until the Job controller's work for them is done, so the next phase
+/// starts on a quiet control plane.
+async fn plain_loop(cp: &ControlPlane, client: &Client, in_flight: usize) -> Duration {
+    let ns = cp.namespace().await;
+    let _runner = prepare(client, ns.name()).await;
+    let jobs = template_jobs(ns.name());
+    let api: Api<Job> = Api::namespaced(client.clone(), ns.name());
     let start = Instant::now();
     futures::stream::iter(jobs.iter().map(|job| {
         let api = api.clone();
         async move { api.create(&PostParams::default(), job).await.map(|_| ()) }
     }))
-    .buffer_unordered(64)
+    .buffer_unordered(in_flight)
     .try_collect::<Vec<()>>()
     .await
     .expect("creating Jobs");
-    let parallel = start.elapsed();
+    let took = start.elapsed();
+    let label = if in_flight == 1 {
+        "sequential:".to_string()
+    } else {
+        format!("{in_flight} in flight:")
+    };
     println!(
-        "plain loop, 64 in flight:      {COUNT} Jobs in {:>7.2} s",
-        parallel.as_secs_f64()
+        "plain loop, {label:<18} {COUNT} Jobs in {:>7.2} s",
+        took.as_secs_f64()
     );
-    wait_jobs_finished(&client, parallel_ns.name()).await;
+    wait_jobs_finished(client, ns.name()).await;
+    took
+}
 
-    // Phase 3: the operator.
+/// The operator: 1,000 RecordingJobs created (64 at a time), and the time from the first create
+/// until all 1,000 Jobs exist; then the operator's peak RSS once every RecordingJob finished.
+async fn operator(cp: &ControlPlane, client: &Client) -> (Duration, u64) {
     let operator_ns = cp.namespace().await;
-    let _runner3 = prepare(&client, operator_ns.name()).await;
+    let _runner = prepare(client, operator_ns.name()).await;
     let mut operator = start_operator(cp, operator_ns.name());
     wait_operator_ready(&operator.metrics_url).await;
     let job_api: Api<Job> = Api::namespaced(client.clone(), operator_ns.name());
-    let (all_jobs_tx, all_jobs) = tokio::sync::oneshot::channel::<Instant>();
+    let (all_jobs_tx, all_jobs) = tokio::sync::oneshot::channel::<Vec<Instant>>();
     let counter = tokio::spawn(async move {
         let mut names = BTreeSet::new();
+        let mut quarters = Vec::new();
         let mut stream = std::pin::pin!(
             watcher(job_api, watcher::Config::default())
                 .default_backoff()
@@ -107,9 +136,13 @@ async fn bench() {
         );
         while let Some(job) = stream.next().await {
             if let Ok(job) = job {
-                names.insert(job.metadata.name.unwrap_or_default());
+                if names.insert(job.metadata.name.unwrap_or_default())
+                    && [1, COUNT / 4, COUNT / 2, 3 * COUNT / 4, COUNT].contains(&names.len())
+                {
+                    quarters.push(Instant::now());
+                }
                 if names.len() == COUNT {
-                    let _ = all_jobs_tx.send(Instant::now());
+                    let _ = all_jobs_tx.send(quarters);
                     return;
                 }
             }
@@ -128,30 +161,50 @@ async fn bench() {
     .await
     .expect("creating RecordingJobs");
     let created = start.elapsed();
-    let done = tokio::time::timeout(QUIET_TIMEOUT, all_jobs)
+    let quarters = tokio::time::timeout(QUIET_TIMEOUT, all_jobs)
         .await
         .expect("all Jobs within the timeout")
         .expect("the Job watch");
+    let cpu = cpu_seconds(operator.child.id());
     counter.abort();
-    let through_operator = done.duration_since(start);
+    let through_operator = quarters[quarters.len() - 1].duration_since(start);
     println!(
         "operator:                      {COUNT} Jobs in {:>7.2} s  ({COUNT} RecordingJobs created in {:.2} s)",
         through_operator.as_secs_f64(),
         created.as_secs_f64()
     );
+    let marks: Vec<String> = quarters
+        .iter()
+        .map(|t| format!("{:.2}", t.duration_since(start).as_secs_f64()))
+        .collect();
     println!(
-        "operator / plain loop:         {:.2}x sequential, {:.2}x 64 in flight (target <= 1.2x)",
-        through_operator.as_secs_f64() / sequential.as_secs_f64(),
-        through_operator.as_secs_f64() / parallel.as_secs_f64()
+        "  (first, 1/4, 1/2, 3/4, all Jobs at {} s; operator CPU by then {:.2} s)",
+        marks.join(", "),
+        cpu.unwrap_or(f64::NAN)
     );
-
-    wait_recording_jobs_finished(&client, operator_ns.name()).await;
+    if let Ok(body) = reqwest::get(operator.metrics_url.replace("/readyz", "/metrics"))
+        .await
+        .and_then(|r| r.error_for_status())
+    {
+        let body = body.text().await.unwrap_or_default();
+        let value = |series: &str| {
+            body.lines()
+                .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
+        let count = value("mixdown_operator_reconcile_duration_seconds_count");
+        let sum = value("mixdown_operator_reconcile_duration_seconds_sum");
+        println!(
+            "  (by then: {count:.0} reconciles, {:.0} ms each on average)",
+            1000.0 * sum / count
+        );
+    }
+    wait_recording_jobs_finished(client, operator_ns.name()).await;
     let rss = peak_rss_kib(operator.child.id()).unwrap_or(0);
-    println!(
-        "operator peak RSS (VmHWM):     {:.1} MB after all {COUNT} RecordingJobs finished (target < 64 MB)",
-        rss as f64 / 1024.0
-    );
     operator.stop();
+    (through_operator, rss)
 }
 
 /// A pod runner running `/bin/true` for the namespace's Pods, and the Secret they reference.
@@ -329,11 +382,23 @@ async fn wait_operator_ready(url: &str) {
             return;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(60),
+            start.elapsed() < Duration::from_secs(180),
             "the operator did not get ready"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// User and system CPU time of process `pid` so far.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some(ticks / per_second as f64)
 }
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
