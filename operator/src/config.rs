@@ -118,7 +118,7 @@ pub struct Args {
     pub lease_renew_seconds: u64,
 
     /// How many RecordingJobs are reconciled at the same time.
-    #[arg(long, env = "MIXDOWN_RECONCILE_CONCURRENCY", default_value_t = 32)]
+    #[arg(long, env = "MIXDOWN_RECONCILE_CONCURRENCY", default_value_t = 128)]
     pub reconcile_concurrency: u16,
 }
 
