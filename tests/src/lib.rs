@@ -6,8 +6,10 @@
 //!   deadlines and garbage-collects.
 //! - [`bins`]: Mixdown's own binaries, built with cargo, for tests that run them as processes.
 //! - [`s3`]: an embedded S3-compatible server that checks signatures like R2 does.
+//! - [`link`]: a network link of limited bandwidth in front of it, for benchmarks.
 
 pub mod bins;
 pub mod cluster;
+pub mod link;
 pub mod pods;
 pub mod s3;

@@ -199,9 +199,14 @@ impl S3Server {
 
     /// A client for this server: its endpoint, credentials and region, path-style addressing.
     pub fn client(&self) -> aws_sdk_s3::Client {
+        self.client_at(&self.endpoint)
+    }
+
+    /// A client for this server reached at `endpoint` (through a [`crate::link::Link`], say).
+    pub fn client_at(&self, endpoint: &str) -> aws_sdk_s3::Client {
         let config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
-            .endpoint_url(&self.endpoint)
+            .endpoint_url(endpoint)
             .region(Region::new(REGION))
             .credentials_provider(Credentials::new(
                 &self.access_key,
@@ -218,12 +223,17 @@ impl S3Server {
     /// The environment a subprocess needs to use `bucket` on this server: the AWS SDK's standard
     /// variables and Mixdown's own.
     pub fn env(&self, bucket: &str) -> Vec<(String, String)> {
+        self.env_at(bucket, &self.endpoint)
+    }
+
+    /// [`S3Server::env`] for this server reached at `endpoint`.
+    pub fn env_at(&self, bucket: &str, endpoint: &str) -> Vec<(String, String)> {
         [
             ("AWS_ACCESS_KEY_ID", self.access_key.as_str()),
             ("AWS_SECRET_ACCESS_KEY", &self.secret_key),
             ("AWS_REGION", REGION),
-            ("AWS_ENDPOINT_URL", &self.endpoint),
-            ("MIXDOWN_S3_ENDPOINT", &self.endpoint),
+            ("AWS_ENDPOINT_URL", endpoint),
+            ("MIXDOWN_S3_ENDPOINT", endpoint),
             ("MIXDOWN_S3_REGION", REGION),
             ("MIXDOWN_S3_BUCKET", bucket),
             ("MIXDOWN_S3_PATH_STYLE", "true"),
