@@ -8,6 +8,7 @@
 //! MIXDOWN_BENCH_MINUTES=2 cargo bench -p mixdown-worker  # same, from the environment
 //! MIXDOWN_BENCH_LOG=debug cargo bench …                  # the worker's log level (default warn)
 //! cargo bench -p mixdown-worker -- --minutes 1 --repeat 3  # best of 3 of each (a shared machine)
+//! cargo bench -p mixdown-worker -- --link-mbit 400        # storage behind a 400 Mbit/s link
 //! ```
 //!
 //! For each recording length and case:
@@ -16,6 +17,11 @@
 //! - **baseline**: the straightforward way, in this process: list, download every chunk to disk
 //!   (8 at a time), concatenate, run ffmpeg on the file, upload the result with one PUT;
 //! - **ffmpeg alone**: the same ffmpeg arguments on a local copy of the whole recording.
+//!
+//! By default the worker and the baseline reach the S3 server over loopback, where a download and
+//! an upload cost the same CPU time whether they overlap or not. With `--link-mbit N` both reach it
+//! through the test kit's [`Link`]: a full-duplex link of N Mbit/s each way, shared by all their
+//! connections, as between a Pod and R2. Uploading the chunks beforehand bypasses it.
 //!
 //! Recordings are generated once (testsrc2 + sine, VP8 or H.264 at 2.5 Mbit/s, like a browser's
 //! 720p camera) into the test media cache under `target/`, which takes a while for 10 minutes.
@@ -34,6 +40,7 @@ use clap::Parser;
 use common::{Spec, Video};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use mixdown_crds::Profile;
+use mixdown_testkit::link::Link;
 use mixdown_testkit::s3::S3Server;
 use mixdown_worker::media::{self, InputStreams};
 
@@ -60,6 +67,10 @@ struct Options {
     /// each, which on a machine shared with other work is the least disturbed.
     #[arg(long, env = "MIXDOWN_BENCH_REPEAT", default_value_t = 1)]
     repeat: u32,
+    /// Puts a full-duplex link of this many megabits per second each way between the S3 server
+    /// and both the worker and the baseline (storage across a network); none: loopback.
+    #[arg(long, env = "MIXDOWN_BENCH_LINK_MBIT")]
+    link_mbit: Option<u64>,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -159,18 +170,35 @@ fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &minutes in &options.minutes {
         for &case in &cases {
-            let row = runtime.block_on(bench(minutes, case, options.repeat.max(1)))?;
+            let row = runtime.block_on(bench(
+                minutes,
+                case,
+                options.repeat.max(1),
+                options.link_mbit,
+            ))?;
             print_rows(std::slice::from_ref(&row), false);
             rows.push(row);
         }
     }
     println!("\n=== mixdown-worker benchmark (wall times in seconds; RSS = peak VmHWM) ===");
+    match options.link_mbit {
+        Some(mbit) => println!(
+            "storage behind a full-duplex link of {mbit} Mbit/s ({:.1} MB/s) each way",
+            mbit as f64 / 8.0
+        ),
+        None => println!("storage over loopback (no link: see --link-mbit)"),
+    }
     print_rows(&rows, true);
     print_targets(&rows);
     Ok(())
 }
 
-async fn bench(minutes: u32, case: Case, repeat: u32) -> anyhow::Result<Row> {
+async fn bench(
+    minutes: u32,
+    case: Case,
+    repeat: u32,
+    link_mbit: Option<u64>,
+) -> anyhow::Result<Row> {
     let spec = case.spec(minutes);
     let generating = Instant::now();
     let recording = common::recording(&spec)?;
@@ -198,6 +226,15 @@ async fn bench(minutes: u32, case: Case, repeat: u32) -> anyhow::Result<Row> {
         .await?;
     let count = chunks.len() as u32;
     drop(chunks);
+    // From here on, the worker and the baseline reach storage through the link, if there is one.
+    let link = link_mbit
+        .map(|mbit| Link::start(server.endpoint(), mbit * 1_000_000 / 8))
+        .transpose()?;
+    let endpoint = link
+        .as_ref()
+        .map_or(server.endpoint(), Link::endpoint)
+        .to_owned();
+    let client = server.client_at(&endpoint);
     let work = tempfile::tempdir()?;
 
     // Worker.
@@ -214,7 +251,7 @@ async fn bench(minutes: u32, case: Case, repeat: u32) -> anyhow::Result<Row> {
         if repeat > 1 {
             eprintln!("bench: run {run} of {repeat}");
         }
-        let (elapsed, rss, children_rss) = run_worker(&server, &bucket, &job, work.path()).await?;
+        let (elapsed, rss, children_rss) = run_worker(&server, &endpoint, &bucket, &job, work.path()).await?;
         eprintln!(
             "bench: worker {:.2} s, RSS {rss} kB (children {children_rss:?})",
             elapsed.as_secs_f64(),
@@ -262,6 +299,7 @@ fn profile_name(profile: Profile) -> &'static str {
 /// Runs the worker, sampling the peak RSS of it and of its children (by program name), in kB.
 async fn run_worker(
     server: &S3Server,
+    endpoint: &str,
     bucket: &str,
     job: &serde_json::Value,
     dir: &Path,
@@ -270,7 +308,7 @@ async fn run_worker(
     std::fs::create_dir_all(&scratch)?;
     let started = Instant::now();
     let mut child = tokio::process::Command::new(common::WORKER)
-        .envs(server.env(bucket))
+        .envs(server.env_at(bucket, endpoint))
         .env("MIXDOWN_JOB", job.to_string())
         .env("MIXDOWN_TERMINATION_MESSAGE_PATH", dir.join("report.json"))
         .env("MIXDOWN_SCRATCH_DIR", &scratch)

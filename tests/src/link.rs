@@ -24,6 +24,10 @@ use tokio::time::Instant;
 
 /// Bytes passed on at a time, so that the pipe is shared fairly between connections.
 const SLICE: usize = 64 * 1024;
+/// Idle time a pipe may make up for: a connection that comes back late from its wait (timers
+/// tick in milliseconds) may send that much at once, so one connection alone gets the whole
+/// bandwidth, as on a real link, rather than losing the timer's lateness on every slice.
+const CATCH_UP: Duration = Duration::from_millis(20);
 
 /// A running link. See the [module documentation](self).
 pub struct Link {
@@ -146,7 +150,8 @@ impl Pipe {
         let time = Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64);
         let done = {
             let mut free_at = self.free_at.lock().expect("link pipe lock");
-            let start = (*free_at).max(Instant::now());
+            let now = Instant::now();
+            let start = (*free_at).max(now.checked_sub(CATCH_UP).unwrap_or(now));
             *free_at = start + time;
             *free_at
         };
