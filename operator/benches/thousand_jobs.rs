@@ -4,7 +4,9 @@
 //! - the time from the first RecordingJob create until all 1,000 Jobs exist;
 //! - beside it, in the same run and on the same control plane, the time a plain client loop needs
 //!   to create the same 1,000 Jobs directly (one create after the other, and 64 at a time);
-//! - the operator's peak resident memory (VmHWM) once every RecordingJob has finished.
+//! - the operator's peak resident memory (VmHWM) once every RecordingJob has finished;
+//! - for each phase, the writes the API server served while it ran, by verb and resource (from
+//!   its own `apiserver_request_total`), which is where the phases differ.
 //!
 //! Targets (issue 4): within 1.2x of the plain loop, under 64 MB.
 //!
@@ -94,6 +96,7 @@ async fn plain_loop(cp: &ControlPlane, client: &Client, in_flight: usize) -> Dur
     let _runner = prepare(client, ns.name()).await;
     let jobs = template_jobs(ns.name());
     let api: Api<Job> = Api::namespaced(client.clone(), ns.name());
+    let before = api_writes(client).await;
     let start = Instant::now();
     futures::stream::iter(jobs.iter().map(|job| {
         let api = api.clone();
@@ -113,6 +116,7 @@ async fn plain_loop(cp: &ControlPlane, client: &Client, in_flight: usize) -> Dur
         "plain loop, {label:<18} {COUNT} Jobs in {:>7.2} s",
         took.as_secs_f64()
     );
+    print_writes(&before, &api_writes(client).await);
     wait_jobs_finished(client, ns.name()).await;
     took
 }
@@ -149,6 +153,32 @@ async fn operator(cp: &ControlPlane, client: &Client) -> (Duration, u64) {
         }
     });
     let rj_api: Api<RecordingJob> = Api::namespaced(client.clone(), operator_ns.name());
+    // When every RecordingJob's status names its Job: the operator may put status writes off
+    // during a burst, and this shows by how much.
+    let (all_reported_tx, all_reported) = tokio::sync::oneshot::channel::<Instant>();
+    let reported = tokio::spawn({
+        let rj_api = rj_api.clone();
+        async move {
+            let mut names = BTreeSet::new();
+            let mut stream = std::pin::pin!(
+                watcher(rj_api, watcher::Config::default())
+                    .default_backoff()
+                    .applied_objects()
+            );
+            while let Some(rj) = stream.next().await {
+                if let Ok(rj) = rj
+                    && rj.status.as_ref().is_some_and(|s| s.job_name.is_some())
+                {
+                    names.insert(rj.metadata.name.unwrap_or_default());
+                    if names.len() == COUNT {
+                        let _ = all_reported_tx.send(Instant::now());
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let before = api_writes(client).await;
     let start = Instant::now();
     futures::stream::iter((0..COUNT).map(|i| {
         let api = rj_api.clone();
@@ -166,6 +196,7 @@ async fn operator(cp: &ControlPlane, client: &Client) -> (Duration, u64) {
         .expect("all Jobs within the timeout")
         .expect("the Job watch");
     let cpu = cpu_seconds(operator.child.id());
+    let after = api_writes(client).await;
     counter.abort();
     let through_operator = quarters[quarters.len() - 1].duration_since(start);
     println!(
@@ -182,6 +213,15 @@ async fn operator(cp: &ControlPlane, client: &Client) -> (Duration, u64) {
         marks.join(", "),
         cpu.unwrap_or(f64::NAN)
     );
+    print_writes(&before, &after);
+    match tokio::time::timeout(QUIET_TIMEOUT, all_reported).await {
+        Ok(Ok(at)) => println!(
+            "  (every RecordingJob's status named its Job at {:.2} s)",
+            at.duration_since(start).as_secs_f64()
+        ),
+        _ => println!("  (the RecordingJobs' statuses did not all name their Job)"),
+    }
+    reported.abort();
     if let Ok(body) = reqwest::get(operator.metrics_url.replace("/readyz", "/metrics"))
         .await
         .and_then(|r| r.error_for_status())
@@ -197,8 +237,10 @@ async fn operator(cp: &ControlPlane, client: &Client) -> (Duration, u64) {
         let count = value("mixdown_operator_reconcile_duration_seconds_count");
         let sum = value("mixdown_operator_reconcile_duration_seconds_sum");
         println!(
-            "  (by then: {count:.0} reconciles, {:.0} ms each on average)",
-            1000.0 * sum / count
+            "  (by then: {count:.0} reconciles, {:.0} ms each on average; {:.0} statuses applied, {:.0} writes held back during the burst)",
+            1000.0 * sum / count,
+            value("mixdown_operator_status_writes_total"),
+            value("mixdown_operator_status_writes_held_back_total"),
         );
     }
     wait_recording_jobs_finished(client, operator_ns.name()).await;
@@ -410,4 +452,64 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// Write requests the API server has served, by `(verb, resource[/subresource])`, from its
+/// `apiserver_request_total` (all namespaces and clients: the control plane serves only the
+/// benchmark). Empty if the metrics cannot be read.
+async fn api_writes(client: &Client) -> BTreeMap<(String, String), f64> {
+    let request = http::Request::get("/metrics")
+        .body(Vec::new())
+        .expect("a metrics request");
+    let Ok(text) = client.request_text(request).await else {
+        return BTreeMap::new();
+    };
+    let mut writes = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|pair| pair.strip_prefix(name)?.strip_prefix("=\""))
+                .map(|v| v.trim_end_matches('"').to_owned())
+                .unwrap_or_default()
+        };
+        let verb = label("verb");
+        if !matches!(verb.as_str(), "POST" | "PUT" | "PATCH" | "DELETE" | "APPLY") {
+            continue;
+        }
+        let mut resource = label("resource");
+        let subresource = label("subresource");
+        if !subresource.is_empty() {
+            resource = format!("{resource}/{subresource}");
+        }
+        *writes.entry((verb, resource)).or_default() += value.parse::<f64>().unwrap_or(0.0);
+    }
+    writes
+}
+
+/// Prints the writes served between two [`api_writes`] readings.
+fn print_writes(before: &BTreeMap<(String, String), f64>, after: &BTreeMap<(String, String), f64>) {
+    let mut lines = Vec::new();
+    let mut total = 0.0;
+    for (key, value) in after {
+        let served = value - before.get(key).copied().unwrap_or(0.0);
+        if served >= 1.0 {
+            total += served;
+            lines.push(format!("{} {} {served:.0}", key.0, key.1));
+        }
+    }
+    if lines.is_empty() {
+        println!("  (the API server's request counts could not be read)");
+    } else {
+        println!(
+            "  (API server writes meanwhile: {total:.0}: {})",
+            lines.join(", ")
+        );
+    }
 }

@@ -7,6 +7,7 @@
 //! specs, no managed fields but the worker's) so that thousands of recordings cost little memory.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,11 @@ const QUEUED_RECHECK: Duration = Duration::from_secs(5);
 const RESYNC: Duration = Duration::from_secs(300);
 /// How long the operator trusts the status it wrote over a cache that has not caught up yet.
 const APPLIED_TRUST: Duration = Duration::from_secs(30);
+/// How soon a status write held back by a burst of Job creates is tried again (a change of the
+/// RecordingJob, its Job or its Pods tries sooner).
+const STATUS_HELD_BACK: Duration = Duration::from_secs(1);
+/// A RecordingJob's status waits for others' Job creates only this long after its creation.
+const HOLD_BACK_AT_MOST: Duration = Duration::from_secs(30);
 
 /// What every reconciliation shares.
 pub struct Context {
@@ -64,6 +70,25 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Woken when a slot may have freed up.
     slot_freed: Arc<Notify>,
+    /// Job creates in flight. While there are any, status writes that do not finish a
+    /// RecordingJob wait: in a burst, the API server's time goes to starting work first.
+    creating: AtomicUsize,
+}
+
+/// Counts a Job create in flight for as long as it lives.
+struct Creating<'a>(&'a AtomicUsize);
+
+impl<'a> Creating<'a> {
+    fn start(count: &'a AtomicUsize) -> Creating<'a> {
+        count.fetch_add(1, Ordering::SeqCst);
+        Creating(count)
+    }
+}
+
+impl Drop for Creating<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[instrument(skip(guard, ctx), fields(namespace = field::Empty, name = field::Empty))]
@@ -198,7 +223,23 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
     }
 
     if needs_write(Some(&previous), &desired) {
+        // Burst mode. Each RecordingJob costs the API server a create of the RecordingJob, one
+        // of its Job and an apply of its status, and the apply is the dearest. While other Jobs
+        // are being created, a status that does not finish the RecordingJob waits, so that a
+        // thousand RecordingJobs at once get their Jobs (and their work started) first and their
+        // `Pending` and `Running` a moment later. One RecordingJob at a time never waits. Final
+        // statuses never wait: they free slots and carry the outputs.
+        let finishes = desired.phase.is_some_and(Phase::is_finished);
+        if !finishes && ctx.creating.load(Ordering::SeqCst) > 0 && is_young(rj) {
+            debug!("status write held back while Jobs are being created");
+            ctx.metrics.status_writes_held_back.inc();
+            if created {
+                ctx.announce(rj, &previous, &previous, Some(&name));
+            }
+            return Ok(Action::requeue(STATUS_HELD_BACK));
+        }
         ctx.apply_status(&namespace, &name, &desired).await?;
+        ctx.metrics.status_writes.inc();
         lock(&ctx.applied).insert(uid, (desired.clone(), Instant::now()));
         ctx.announce(rj, &previous, &desired, created.then_some(&name));
     } else if created {
@@ -206,6 +247,18 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
     }
 
     next_action(rj, ctx, &desired).await
+}
+
+/// Whether `rj` was created less than [`HOLD_BACK_AT_MOST`] ago: only then may its status wait for
+/// a burst of Job creates, so that a steady stream of them cannot keep a status stale for long.
+fn is_young(rj: &RecordingJob) -> bool {
+    rj.metadata
+        .creation_timestamp
+        .as_ref()
+        .is_some_and(|created| {
+            jiff::Timestamp::now().duration_since(created.0)
+                < jiff::SignedDuration::try_from(HOLD_BACK_AT_MOST).unwrap_or_default()
+        })
 }
 
 /// After a finished RecordingJob's TTL it is deleted (its Job and Pods with it); Queued ones
@@ -333,6 +386,7 @@ impl Context {
     /// already existed (409: an earlier reconcile, or another replica before a failover).
     async fn create_job(&self, rj: &RecordingJob) -> Result<(Job, bool)> {
         let job = build_job(rj, &self.config)?;
+        let _creating = Creating::start(&self.creating);
         let namespace = rj.namespace().unwrap_or_default();
         let api: Api<Job> = Api::namespaced(self.client.clone(), &namespace);
         match api.create(&PostParams::default(), &job).await {
@@ -691,6 +745,7 @@ pub async fn run(
         metrics: metrics.clone(),
         applied: Mutex::new(HashMap::new()),
         failures: Mutex::new(HashMap::new()),
+        creating: AtomicUsize::new(0),
         slot_freed: slot_freed.clone(),
     });
 

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub recording_jobs: Family<PhaseLabels, Gauge>,
     pub processing_seconds: Family<ResultLabels, Histogram>,
     pub jobs_created: Counter,
+    pub status_writes: Counter,
+    pub status_writes_held_back: Counter,
 }
 
 impl Default for Metrics {
@@ -51,6 +53,8 @@ impl Default for Metrics {
                 Histogram::new(exponential_buckets(1.0, 2.0, 15))
             }),
             jobs_created: Counter::default(),
+            status_writes: Counter::default(),
+            status_writes_held_back: Counter::default(),
         }
     }
 }
@@ -87,6 +91,16 @@ impl Metrics {
             "jobs_created",
             "Jobs created for RecordingJobs",
             self.jobs_created.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "RecordingJob statuses applied",
+            self.status_writes.clone(),
+        );
+        registry.register(
+            "status_writes_held_back",
+            "Status writes put off while Jobs were being created (a burst)",
+            self.status_writes_held_back.clone(),
         );
     }
 

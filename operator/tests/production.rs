@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{Operator, World, eventually, recording, spec};
+use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{ListParams, ObjectMeta, PostParams};
@@ -398,4 +399,63 @@ async fn a_retry_starts_from_a_fresh_progress() {
         jobs.list(&ListParams::default()).await.unwrap().items.len(),
         1
     );
+}
+
+/// A burst: 100 RecordingJobs at once. Their Jobs come first (status writes wait while Jobs are
+/// being created), and then every RecordingJob's status names its Job all the same: nothing is
+/// held back for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_gets_its_jobs_first_and_every_status_after() {
+    const BURST: usize = 100;
+    let world = World::new(&[SLEEPING]).await;
+    let operator = world.operator(SLEEPING.0, &["--max-running-jobs", "0"]);
+    operator.wait_up().await;
+    futures::stream::iter((0..BURST).map(|i| {
+        let world = &world;
+        async move {
+            let name = format!("burst-{i:03}");
+            world
+                .create_rj(&name, one_track(&name, serde_json::json!({})))
+                .await;
+        }
+    }))
+    .buffer_unordered(32)
+    .collect::<Vec<()>>()
+    .await;
+
+    let jobs: Api<Job> = Api::namespaced(world.client.clone(), world.namespace());
+    world
+        .eventually(LONG, &format!("{BURST} Jobs"), || async {
+            (jobs.list(&ListParams::default()).await.ok()?.items.len() == BURST).then_some(())
+        })
+        .await;
+    world
+        .eventually(LONG, "every status names its Job", || async {
+            let rjs = world.rjs().list(&ListParams::default()).await.ok()?.items;
+            let named = rjs
+                .iter()
+                .filter(|rj| {
+                    rj.status.as_ref().is_some_and(|s| {
+                        s.job_name.as_deref() == Some(rj.name_any().as_str())
+                            && matches!(s.phase, Some(Phase::Pending | Phase::Running))
+                    })
+                })
+                .count();
+            (named == BURST).then_some(())
+        })
+        .await;
+    let held_back = operator
+        .metric("mixdown_operator_status_writes_held_back_total")
+        .await
+        .expect("the held-back counter");
+    let written = operator
+        .metric("mixdown_operator_status_writes_total")
+        .await
+        .expect("the status write counter");
+    eprintln!("{BURST} RecordingJobs: {written} statuses written, {held_back} writes held back");
+    assert!(
+        held_back >= 1.0,
+        "{BURST} RecordingJobs created 32 at a time, and no status write waited for a Job create"
+    );
+    assert!(written >= BURST as f64, "{written} status writes");
 }
