@@ -251,7 +251,8 @@ async fn bench(
         if repeat > 1 {
             eprintln!("bench: run {run} of {repeat}");
         }
-        let (elapsed, rss, children_rss) = run_worker(&server, &endpoint, &bucket, &job, work.path()).await?;
+        let (elapsed, rss, children_rss) =
+            run_worker(&server, &endpoint, &bucket, &job, work.path()).await?;
         eprintln!(
             "bench: worker {:.2} s, RSS {rss} kB (children {children_rss:?})",
             elapsed.as_secs_f64(),
