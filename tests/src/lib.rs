@@ -8,6 +8,7 @@
 //! - [`s3`]: an embedded S3-compatible server that checks signatures like R2 does.
 //! - [`link`]: a network link of limited bandwidth in front of it, for benchmarks.
 
+mod background;
 pub mod bins;
 pub mod cluster;
 pub mod link;

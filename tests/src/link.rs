@@ -9,18 +9,19 @@
 //! untouched: the `Host` header, and so SigV4 signatures and presigned URLs, refer to the link's
 //! address, which the server accepts as its own.
 //!
-//! Like [`crate::s3::S3Server`], it runs on a thread and runtime of its own; dropping it stops it.
+//! Like [`crate::s3::S3Server`], it runs on a thread and runtime of its own (`background`);
+//! dropping it stops it.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
 use tokio::time::Instant;
+
+use crate::background::Background;
 
 /// Bytes passed on at a time, so that the pipe is shared fairly between connections.
 const SLICE: usize = 64 * 1024;
@@ -32,8 +33,7 @@ const CATCH_UP: Duration = Duration::from_millis(20);
 /// A running link. See the [module documentation](self).
 pub struct Link {
     endpoint: String,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
+    _proxy: Background,
 }
 
 impl Link {
@@ -49,45 +49,28 @@ impl Link {
         let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (shutdown, shutdown_rx) = oneshot::channel();
-        let thread = std::thread::Builder::new()
-            .name("mixdown-link".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = TcpListener::from_std(listener).expect("link listener");
-                    let up = Pipe::new(bytes_per_second);
-                    let down = Pipe::new(bytes_per_second);
-                    tokio::select! {
-                        _ = shutdown_rx => {}
-                        _ = accept(listener, upstream, up, down) => {}
-                    }
-                });
-                runtime.shutdown_timeout(Duration::from_secs(1));
-            })?;
+        let proxy = Background::start(
+            "mixdown-link",
+            Duration::from_secs(1),
+            move |shutdown| async move {
+                let listener = TcpListener::from_std(listener).expect("link listener");
+                let up = Pipe::new(bytes_per_second);
+                let down = Pipe::new(bytes_per_second);
+                tokio::select! {
+                    _ = shutdown => {}
+                    _ = accept(listener, upstream, up, down) => {}
+                }
+            },
+        )?;
         Ok(Link {
             endpoint: format!("http://{addr}"),
-            shutdown: Some(shutdown),
-            thread: Some(thread),
+            _proxy: proxy,
         })
     }
 
     /// The link's end clients connect to, e.g. `http://127.0.0.1:40113`.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -4,9 +4,10 @@
 //! SigV4 headers, presigned URLs and their expiry. Around it: CORS for browsers, a request log by
 //! S3 operation, and injected outages. Addressing is path-style (`{endpoint}/{bucket}/{key}`).
 //!
-//! The server runs on a thread and Tokio runtime of its own, so it keeps serving while the test
-//! that started it blocks (on a subprocess, say), and it may outlive the test runtime that
-//! started it. Dropping the [`S3Server`] stops it and, for a temporary directory, removes it.
+//! The server runs on a thread and Tokio runtime of its own (see `background`), so it keeps
+//! serving while the test that started it blocks (on a subprocess, say), and it may outlive the
+//! test runtime that started it. Dropping the [`S3Server`] stops it and, for a temporary
+//! directory, removes it.
 //!
 //! Multipart uploads behave like R2's where `s3s-fs` alone would differ (see `backend`). The
 //! bucket CORS API is not implemented: CORS is always on, as configured on a production R2
@@ -19,10 +20,11 @@ mod storage;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+
+use crate::background::Background;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use http::{HeaderName, Method, header};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -70,9 +72,9 @@ pub struct S3Server {
     secret_key: String,
     root: PathBuf,
     faults: Arc<faults::Faults>,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-    /// Removed after `drop` has stopped the server thread, so nothing writes into it any more.
+    /// Stops the server thread when dropped, which happens before the directory below goes.
+    _server: Background,
+    /// Removed after the server thread has stopped, so nothing writes into it any more.
     _temp_dir: Option<tempfile::TempDir>,
 }
 
@@ -126,22 +128,13 @@ impl S3Server {
             // Listening everywhere; clients on this machine still come in over loopback.
             addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
         }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         let faults = Arc::new(faults::Faults::default());
-        let (shutdown, shutdown_rx) = oneshot::channel();
-        let thread = std::thread::Builder::new()
-            .name("mixdown-s3".into())
-            .spawn({
-                let faults = faults.clone();
-                move || {
-                    runtime.block_on(serve(listener, service, faults, shutdown_rx));
-                    // Requests still in flight are cancelled; give their blocking file operations a
-                    // moment so the directory can be removed cleanly afterwards.
-                    runtime.shutdown_timeout(Duration::from_secs(5));
-                }
-            })?;
+        // Requests still in flight at shutdown are cancelled; their blocking file operations get
+        // a moment so that the directory can be removed cleanly afterwards.
+        let server = Background::start("mixdown-s3", Duration::from_secs(5), {
+            let faults = faults.clone();
+            move |shutdown| serve(listener, service, faults, shutdown)
+        })?;
 
         Ok(S3Server {
             endpoint: format!("http://{addr}"),
@@ -149,8 +142,7 @@ impl S3Server {
             secret_key,
             root,
             faults,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
+            _server: server,
             _temp_dir: temp_dir,
         })
     }
@@ -286,17 +278,6 @@ impl S3Server {
             .iter()
             .filter(|r| r.operation.as_deref() == Some(operation))
             .count()
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
