@@ -576,10 +576,8 @@ impl Context {
                 self.slot_freed.notify_one();
             }
         }
-        if !events.is_empty() {
-            // Best effort, in the background: never slows the reconcile down.
-            self.events.publish(rj.object_ref(&()), events);
-        }
+        // Best effort, in the background: never slows the reconcile down.
+        self.events.publish(rj.object_ref(&()), events);
     }
 }
 

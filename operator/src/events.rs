@@ -54,15 +54,15 @@ impl Events {
         if events.is_empty() {
             return;
         }
-        if let Err(error) = self.queue.try_send((regarding, events)) {
-            let (regarding, events) = match error {
-                mpsc::error::TrySendError::Full(v) | mpsc::error::TrySendError::Closed(v) => v,
-            };
-            tracing::warn!(
-                name = regarding.name.as_deref().unwrap_or_default(),
-                dropped = events.len(),
-                "the Event queue is full; dropping Events"
-            );
-        }
+        let (why, (regarding, events)) = match self.queue.try_send((regarding, events)) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(v)) => ("the Event queue is full", v),
+            Err(mpsc::error::TrySendError::Closed(v)) => ("the Event publisher has stopped", v),
+        };
+        tracing::warn!(
+            name = regarding.name.as_deref().unwrap_or_default(),
+            dropped = events.len(),
+            "{why}; dropping Events"
+        );
     }
 }
