@@ -129,55 +129,19 @@ async fn operator(cp: &ControlPlane, client: &Client) -> (Duration, u64) {
     let mut operator = start_operator(cp, operator_ns.name());
     wait_operator_ready(&operator.metrics_url).await;
     let job_api: Api<Job> = Api::namespaced(client.clone(), operator_ns.name());
-    let (all_jobs_tx, all_jobs) = tokio::sync::oneshot::channel::<Vec<Instant>>();
-    let counter = tokio::spawn(async move {
-        let mut names = BTreeSet::new();
-        let mut quarters = Vec::new();
-        let mut stream = std::pin::pin!(
-            watcher(job_api, watcher::Config::default())
-                .default_backoff()
-                .applied_objects()
-        );
-        while let Some(job) = stream.next().await {
-            if let Ok(job) = job {
-                if names.insert(job.metadata.name.unwrap_or_default())
-                    && [1, COUNT / 4, COUNT / 2, 3 * COUNT / 4, COUNT].contains(&names.len())
-                {
-                    quarters.push(Instant::now());
-                }
-                if names.len() == COUNT {
-                    let _ = all_jobs_tx.send(quarters);
-                    return;
-                }
-            }
-        }
-    });
+    let mut all_jobs = when_seen(
+        job_api,
+        |_| true,
+        &[1, COUNT / 4, COUNT / 2, 3 * COUNT / 4, COUNT],
+    );
     let rj_api: Api<RecordingJob> = Api::namespaced(client.clone(), operator_ns.name());
     // When every RecordingJob's status names its Job: the operator may put status writes off
     // during a burst, and this shows by how much.
-    let (all_reported_tx, all_reported) = tokio::sync::oneshot::channel::<Instant>();
-    let reported = tokio::spawn({
-        let rj_api = rj_api.clone();
-        async move {
-            let mut names = BTreeSet::new();
-            let mut stream = std::pin::pin!(
-                watcher(rj_api, watcher::Config::default())
-                    .default_backoff()
-                    .applied_objects()
-            );
-            while let Some(rj) = stream.next().await {
-                if let Ok(rj) = rj
-                    && rj.status.as_ref().is_some_and(|s| s.job_name.is_some())
-                {
-                    names.insert(rj.metadata.name.unwrap_or_default());
-                    if names.len() == COUNT {
-                        let _ = all_reported_tx.send(Instant::now());
-                        return;
-                    }
-                }
-            }
-        }
-    });
+    let mut all_reported = when_seen(
+        rj_api.clone(),
+        |rj: &RecordingJob| rj.status.as_ref().is_some_and(|s| s.job_name.is_some()),
+        &[COUNT],
+    );
     let before = api_writes(client).await;
     let start = Instant::now();
     futures::stream::iter((0..COUNT).map(|i| {
@@ -191,13 +155,12 @@ async fn operator(cp: &ControlPlane, client: &Client) -> (Duration, u64) {
     .await
     .expect("creating RecordingJobs");
     let created = start.elapsed();
-    let quarters = tokio::time::timeout(QUIET_TIMEOUT, all_jobs)
+    let quarters = tokio::time::timeout(QUIET_TIMEOUT, &mut all_jobs)
         .await
         .expect("all Jobs within the timeout")
         .expect("the Job watch");
     let cpu = cpu_seconds(operator.child.id());
     let after = api_writes(client).await;
-    counter.abort();
     let through_operator = quarters[quarters.len() - 1].duration_since(start);
     println!(
         "operator:                      {COUNT} Jobs in {:>7.2} s  ({COUNT} RecordingJobs created in {:.2} s)",
@@ -214,14 +177,14 @@ async fn operator(cp: &ControlPlane, client: &Client) -> (Duration, u64) {
         cpu.unwrap_or(f64::NAN)
     );
     print_writes(&before, &after);
-    match tokio::time::timeout(QUIET_TIMEOUT, all_reported).await {
+    match tokio::time::timeout(QUIET_TIMEOUT, &mut all_reported).await {
         Ok(Ok(at)) => println!(
             "  (every RecordingJob's status named its Job at {:.2} s)",
-            at.duration_since(start).as_secs_f64()
+            at[0].duration_since(start).as_secs_f64()
         ),
         _ => println!("  (the RecordingJobs' statuses did not all name their Job)"),
     }
-    reported.abort();
+    all_reported.abort();
     if let Ok(body) = reqwest::get(operator.metrics_url.replace("/readyz", "/metrics"))
         .await
         .and_then(|r| r.error_for_status())
@@ -429,6 +392,42 @@ async fn wait_operator_ready(url: &str) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Watches `api` and ends when the last of `marks` distinct objects (by name) have passed
+/// `accept`, with the instant each count in `marks` was reached, in order.
+fn when_seen<K>(
+    api: Api<K>,
+    accept: fn(&K) -> bool,
+    marks: &[usize],
+) -> tokio::task::JoinHandle<Vec<Instant>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let marks = marks.to_vec();
+    tokio::spawn(async move {
+        let mut names = BTreeSet::new();
+        let mut reached = Vec::new();
+        let mut stream = std::pin::pin!(
+            watcher(api, watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+        );
+        while let Some(object) = stream.next().await {
+            if let Ok(object) = object
+                && accept(&object)
+                && names.insert(object.meta().name.clone().unwrap_or_default())
+            {
+                if marks.contains(&names.len()) {
+                    reached.push(Instant::now());
+                }
+                if Some(&names.len()) == marks.last() {
+                    return reached;
+                }
+            }
+        }
+        panic!("the watch ended after {} objects", names.len());
+    })
 }
 
 /// User and system CPU time of process `pid` so far.
