@@ -1,0 +1,757 @@
+//! Every operation of the API, once: REST handlers ([`crate::rest`]) and socket.io handlers
+//! ([`crate::socket`]) only translate in and out of these functions, which take the caller's
+//! verified claims and return a result or an [`ApiError`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mixdown_crds::{
+    Cleanup, MAX_TRACKS, Output, RecordingJobSpec, Track, TrackSource, recording_job_name,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use socketioxide::SocketIo;
+use tokio::sync::Mutex as AsyncMutex;
+
+use crate::auth::{Claims, Role, Tokens};
+use crate::book::{Book, Entry, Marker, Out, View};
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::ids;
+use crate::metrics::Metrics;
+use crate::storage::Storage;
+
+/// Content types a chunk may be uploaded as: what MediaRecorder produces.
+const CHUNK_TYPES: &[&str] = &["video/webm", "audio/webm", "video/x-matroska"];
+
+/// Everything the handlers share. Cheap to clone (an `Arc`).
+pub type App = Arc<AppState>;
+
+pub struct AppState {
+    pub config: Config,
+    pub tokens: Tokens,
+    pub storage: Storage,
+    pub cluster: Cluster,
+    /// What this replica knows of every recording; emitting happens under its lock, so a socket
+    /// joining a room gets its snapshot and then exactly the changes after it.
+    pub book: AsyncMutex<Book>,
+    pub io: SocketIo,
+    pub metrics: Metrics,
+    confirmed: Mutex<HashMap<(String, String), Confirmed>>,
+}
+
+/// The chunks of one track this replica knows to be in storage.
+struct Confirmed {
+    seqs: Vec<u64>,
+    count: u32,
+    touched: Instant,
+}
+
+impl Confirmed {
+    fn insert(&mut self, seq: u32) {
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if self.seqs.len() <= word {
+            self.seqs.resize(word + 1, 0);
+        }
+        if self.seqs[word] & (1 << bit) == 0 {
+            self.seqs[word] |= 1 << bit;
+            self.count += 1;
+        }
+    }
+}
+
+// ---- requests and answers (camelCase JSON, as the socket.io contract) ----
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateRoom {
+    /// The host's display name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomCreated {
+    pub room_id: String,
+    pub participant_id: String,
+    pub host_token: String,
+    pub invite_token: String,
+    pub invite_url: String,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct Invite {
+    pub room_id: String,
+    pub invite_token: String,
+    pub invite_url: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Join {
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct Joined {
+    pub room_id: String,
+    pub participant_id: String,
+    pub token: String,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct Started {
+    pub ok: bool,
+    pub recording_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UploadUrlRequest {
+    /// Exact byte length of the chunk; signed into the URL.
+    pub size: u64,
+    /// Content type of the chunk; signed into the URL. Default `video/webm`.
+    #[serde(default)]
+    pub content_type: Option<String>,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadUrl {
+    pub url: String,
+    pub method: &'static str,
+    /// Headers to send exactly as given (the length goes with the body).
+    pub headers: HashMap<String, String>,
+    pub key: String,
+    pub expires_at: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfirmRequest {
+    pub size: u64,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfirmAnswer {
+    pub ok: bool,
+    pub recording_id: String,
+    pub participant_id: String,
+    pub seq: u32,
+    /// Chunks of this track confirmed so far (as this replica knows; never more than stored).
+    pub confirmed: u32,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct Stopped {
+    pub ok: bool,
+    pub recording_id: String,
+    pub job_name: String,
+    /// False when the recording had already been stopped (this answer names the same job).
+    pub created: bool,
+}
+
+impl AppState {
+    pub fn new(
+        config: Config,
+        storage: Storage,
+        cluster: Cluster,
+        io: SocketIo,
+        metrics: Metrics,
+    ) -> AppState {
+        AppState {
+            tokens: Tokens::new(&config.signing_key, config.token_ttl),
+            config,
+            storage,
+            cluster,
+            book: AsyncMutex::new(Book::default()),
+            io,
+            metrics,
+            confirmed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn invite_url(&self, token: &str) -> String {
+        // The token rides in the fragment: browsers never send it to a server or its logs.
+        format!("{}/#invite={token}", self.config.public_url)
+    }
+
+    pub fn create_room(&self, req: CreateRoom) -> Result<RoomCreated, ApiError> {
+        let name = display_name(req.name)?;
+        let room = ids::mint();
+        let host = format!("h-{}", &ids::mint_participant()[2..]);
+        let host_token = self.tokens.issue(&room, &host, Role::Host, name.as_deref());
+        let invite_token = self.tokens.issue(&room, &host, Role::Invite, None);
+        Ok(RoomCreated {
+            invite_url: self.invite_url(&invite_token),
+            room_id: room,
+            participant_id: host,
+            host_token,
+            invite_token,
+        })
+    }
+
+    pub fn invite(&self, claims: &Claims, room: &str) -> Result<Invite, ApiError> {
+        same_room(claims, room)?;
+        claims.require(Role::Host, "invite participants")?;
+        let invite_token =
+            self.tokens
+                .issue(&claims.room, claims.participant(), Role::Invite, None);
+        Ok(Invite {
+            room_id: claims.room.clone(),
+            invite_url: self.invite_url(&invite_token),
+            invite_token,
+        })
+    }
+
+    pub fn join(&self, claims: &Claims, req: Join) -> Result<Joined, ApiError> {
+        claims.require(Role::Invite, "join with an invite")?;
+        let name = display_name(req.name)?;
+        let participant = ids::mint_participant();
+        Ok(Joined {
+            token: self
+                .tokens
+                .issue(&claims.room, &participant, Role::Guest, name.as_deref()),
+            room_id: claims.room.clone(),
+            participant_id: participant,
+        })
+    }
+
+    /// Starts a recording in the caller's room: writes its marker, which every replica's watch
+    /// turns into `start-rec` for its sockets in the room.
+    pub async fn start_recording(&self, claims: &Claims) -> Result<Started, ApiError> {
+        claims.require(Role::Host, "start a recording")?;
+        let recording_id = ids::mint();
+        let marker = Marker {
+            name: recording_job_name(&recording_id),
+            room_id: claims.room.clone(),
+            recording_id: recording_id.clone(),
+            started_at: jiff::Timestamp::now().to_string(),
+            started_by: claims.participant().to_string(),
+        };
+        self.cluster
+            .create_marker(&marker)
+            .await
+            .map_err(|e| ApiError::internal("starting the recording", e))?;
+        tracing::info!(room = %claims.room, recording = %recording_id, by = %claims.participant(), "recording started");
+        Ok(Started {
+            ok: true,
+            recording_id,
+        })
+    }
+
+    /// The marker of `recording_id` in the caller's room: from this replica's book, or from the
+    /// API server for one started a moment ago elsewhere. Other rooms' recordings are not found.
+    async fn recording(&self, claims: &Claims, recording_id: &str) -> Result<Marker, ApiError> {
+        ids::check("recording id", recording_id)?;
+        let name = recording_job_name(recording_id);
+        let known = {
+            let book = self.book.lock().await;
+            book.get(&name)
+                .map(|e| (e.room_id.clone(), e.marker.clone()))
+        };
+        let marker = match known {
+            Some((room, Some(marker))) if room == claims.room => Some(marker),
+            Some((room, None)) if room == claims.room => None,
+            Some(_) => None,
+            None => self
+                .cluster
+                .get_marker(&name)
+                .await
+                .map_err(|e| ApiError::internal("looking up the recording", e))?,
+        };
+        marker
+            .filter(|m| m.room_id == claims.room && m.recording_id == recording_id)
+            .ok_or_else(|| not_found(recording_id))
+    }
+
+    /// A presigned PUT for chunk `seq` of the caller's own track.
+    pub async fn upload_url(
+        &self,
+        claims: &Claims,
+        recording_id: &str,
+        seq: &str,
+        req: UploadUrlRequest,
+    ) -> Result<UploadUrl, ApiError> {
+        claims.require_member()?;
+        let seq = parse_seq(seq)?;
+        if req.size == 0 {
+            return Err(ApiError::bad_request("size must be at least 1 byte"));
+        }
+        if req.size > self.config.max_chunk_bytes {
+            return Err(ApiError::bad_request(format!(
+                "a chunk may be at most {} bytes; this one is {}",
+                self.config.max_chunk_bytes, req.size
+            )));
+        }
+        let content_type = req.content_type.unwrap_or_else(|| "video/webm".into());
+        let base = content_type.split(';').next().unwrap_or("").trim();
+        if !CHUNK_TYPES.contains(&base) || content_type.len() > 128 || !content_type.is_ascii() {
+            return Err(ApiError::bad_request(format!(
+                "content type {content_type:?} is not a recording chunk; use one of {}",
+                CHUNK_TYPES.join(", ")
+            )));
+        }
+        let marker = self.recording(claims, recording_id).await?;
+        let key =
+            self.storage
+                .layout
+                .chunk(&marker.room_id, recording_id, claims.participant(), seq);
+        let ttl = self.config.upload_url_ttl;
+        let signed = self.storage.presign_put(&key, &content_type, req.size, ttl);
+        self.metrics.presigns.inc();
+        Ok(UploadUrl {
+            url: signed.url,
+            method: "PUT",
+            headers: signed.headers.into_iter().collect(),
+            key,
+            expires_at: expiry(ttl),
+        })
+    }
+
+    /// Checks that chunk `seq` of the caller's track really is in storage with `size` bytes.
+    pub async fn confirm(
+        &self,
+        claims: &Claims,
+        recording_id: &str,
+        seq: &str,
+        req: ConfirmRequest,
+    ) -> Result<ConfirmAnswer, ApiError> {
+        claims.require_member()?;
+        let seq = parse_seq(seq)?;
+        let marker = self.recording(claims, recording_id).await?;
+        let participant = claims.participant();
+        let key = self
+            .storage
+            .layout
+            .chunk(&marker.room_id, recording_id, participant, seq);
+        let stored = self.storage.size(&key).await.map_err(|e| {
+            self.metrics.confirms.get_or_create(&result("error")).inc();
+            ApiError::internal("checking the chunk in storage", e)
+        })?;
+        match stored {
+            None => {
+                self.metrics
+                    .confirms
+                    .get_or_create(&result("missing"))
+                    .inc();
+                return Err(ApiError::conflict(
+                    "chunk_missing",
+                    format!("chunk {seq:08} of {participant} is not in storage; upload it again"),
+                ));
+            }
+            Some(size) if size != req.size => {
+                self.metrics
+                    .confirms
+                    .get_or_create(&result("size_mismatch"))
+                    .inc();
+                return Err(ApiError::conflict(
+                    "size_mismatch",
+                    format!(
+                        "chunk {seq:08} of {participant} has {size} bytes in storage, not {}; upload it again",
+                        req.size
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+        let confirmed = self
+            .count_confirmed(&marker.room_id, recording_id, participant, seq)
+            .await?;
+        self.metrics.confirms.get_or_create(&result("ok")).inc();
+        let event = json!({"recordingId": recording_id, "participantId": participant, "confirmed": confirmed});
+        if self
+            .io
+            .to(room_of(&marker.room_id))
+            .emit("upload-progress", &event)
+            .await
+            .is_ok()
+        {
+            self.metrics.emitted("upload-progress");
+        }
+        Ok(ConfirmAnswer {
+            ok: true,
+            recording_id: recording_id.to_string(),
+            participant_id: participant.to_string(),
+            seq,
+            confirmed,
+        })
+    }
+
+    async fn count_confirmed(
+        &self,
+        room: &str,
+        recording_id: &str,
+        participant: &str,
+        seq: u32,
+    ) -> Result<u32, ApiError> {
+        let key = (recording_id.to_string(), participant.to_string());
+        {
+            let mut confirmed = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(track) = confirmed.get_mut(&key) {
+                track.insert(seq);
+                track.touched = Instant::now();
+                return Ok(track.count);
+            }
+        }
+        // First confirm of this track on this replica: what is already stored counts too (it
+        // was confirmed elsewhere, or before a restart).
+        let prefix = self.storage.layout.recording_chunks(room, recording_id);
+        let listing = self
+            .storage
+            .list_chunks(&prefix, Some(participant))
+            .await
+            .map_err(|e| ApiError::internal("counting the track's chunks", e))?;
+        let mut track = Confirmed {
+            seqs: Vec::new(),
+            count: 0,
+            touched: Instant::now(),
+        };
+        for seq in listing.tracks.values().flatten() {
+            track.insert(*seq);
+        }
+        track.insert(seq);
+        let mut confirmed = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        let count = confirmed.entry(key).or_insert(track);
+        count.insert(seq);
+        Ok(count.count)
+    }
+
+    /// Forgets confirmation counts of tracks idle for an hour.
+    pub fn sweep_confirmed(&self) {
+        let mut confirmed = self.confirmed.lock().unwrap_or_else(|p| p.into_inner());
+        confirmed.retain(|_, t| t.touched.elapsed() < Duration::from_secs(3600));
+    }
+
+    /// Stops a recording: lists its chunks and creates its RecordingJob. Idempotent: a second
+    /// stop, or two at once on two replicas, answer with the same RecordingJob.
+    pub async fn stop(&self, claims: &Claims, recording_id: &str) -> Result<Stopped, ApiError> {
+        let started = Instant::now();
+        let outcome = self.try_stop(claims, recording_id).await;
+        let label = match &outcome {
+            Ok(s) if s.created => "created",
+            Ok(_) => "existing",
+            Err(ApiError::Unavailable { .. }) => "error",
+            Err(_) => "refused",
+        };
+        self.metrics.stops.get_or_create(&result(label)).inc();
+        if outcome.is_ok() {
+            self.metrics
+                .stop_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
+        outcome
+    }
+
+    async fn try_stop(&self, claims: &Claims, recording_id: &str) -> Result<Stopped, ApiError> {
+        claims.require(Role::Host, "stop a recording")?;
+        let marker = self.recording(claims, recording_id).await?;
+        let name = marker.name.clone();
+        let stopped = |created| Stopped {
+            ok: true,
+            recording_id: recording_id.to_string(),
+            job_name: name.clone(),
+            created,
+        };
+        let known = self
+            .book
+            .lock()
+            .await
+            .get(&name)
+            .is_some_and(|e| e.job.is_some());
+        if known {
+            return Ok(stopped(false));
+        }
+
+        let prefix = self
+            .storage
+            .layout
+            .recording_chunks(&marker.room_id, recording_id);
+        let listing = self
+            .storage
+            .list_chunks(&prefix, None)
+            .await
+            .map_err(|e| ApiError::internal("listing the recording's chunks", e))?;
+        if listing.tracks.is_empty() {
+            // Perhaps it was stopped elsewhere and processed already (chunks deleted).
+            if self
+                .cluster
+                .get_job(&name)
+                .await
+                .map_err(|e| ApiError::internal("looking up the recording's job", e))?
+                .is_some()
+            {
+                return Ok(stopped(false));
+            }
+            return Err(ApiError::conflict(
+                "no_chunks",
+                format!("recording {recording_id} has no chunks in storage; nothing to process"),
+            ));
+        }
+        if listing.tracks.len() > MAX_TRACKS {
+            return Err(ApiError::conflict(
+                "too_many_tracks",
+                format!(
+                    "recording {recording_id} has {} tracks; at most {MAX_TRACKS} can be processed together",
+                    listing.tracks.len()
+                ),
+            ));
+        }
+        let tracks = listing
+            .tracks
+            .iter()
+            .map(|(participant, seqs)| Track {
+                participant_id: participant.clone(),
+                source: TrackSource {
+                    prefix: format!("{prefix}{participant}/"),
+                    // The highest number seen, not how many: a gap then fails processing clearly
+                    // (MissingChunk, chunks kept) instead of quietly dropping the end.
+                    chunk_count: seqs.last().map_or(0, |s| s + 1),
+                },
+            })
+            .collect();
+        let spec = RecordingJobSpec {
+            room_id: marker.room_id.clone(),
+            recording_id: recording_id.to_string(),
+            tracks,
+            output: Output {
+                prefix: self.storage.layout.outputs(&marker.room_id, recording_id),
+                profile: self.config.output_profile,
+            },
+            cleanup: Cleanup::default(),
+            backoff_limit: 3,
+            active_deadline_seconds: 3600,
+            ttl_seconds_after_finished: self.config.job_ttl_seconds,
+            resources: None,
+            node_selector: None,
+            tolerations: None,
+            priority_class_name: None,
+        };
+        let created = self
+            .cluster
+            .create_job(&name, spec, claims.participant())
+            .await
+            .map_err(|e| ApiError::internal("creating the RecordingJob", e))?;
+        let Some(rj) = created else {
+            return Ok(stopped(false));
+        };
+        tracing::info!(room = %marker.room_id, recording = %recording_id, job = %name, "recording stopped; RecordingJob created");
+        if let Err(e) = self.cluster.adopt_marker(&rj).await {
+            tracing::warn!(error = %e, "the marker stays until deleted by hand");
+        }
+        self.confirmed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(rec, _), _| rec != recording_id);
+        Ok(stopped(true))
+    }
+
+    /// The whole current state of one recording of the caller's room, from this replica's book.
+    pub async fn status(&self, claims: &Claims, recording_id: &str) -> Result<Value, ApiError> {
+        claims.require_member()?;
+        ids::check("recording id", recording_id)?;
+        let name = recording_job_name(recording_id);
+        let book = self.book.lock().await;
+        book.get(&name)
+            .filter(|e| e.room_id == claims.room)
+            .map(|e| self.status_of(e))
+            .ok_or_else(|| not_found(recording_id))
+    }
+
+    /// Every recording of the caller's room with its state and files.
+    pub async fn list(&self, claims: &Claims, room: &str) -> Result<Value, ApiError> {
+        same_room(claims, room)?;
+        claims.require_member()?;
+        let book = self.book.lock().await;
+        let recordings: Vec<Value> = book
+            .room(&claims.room)
+            .into_iter()
+            .map(|e| self.status_of(e))
+            .collect();
+        Ok(json!({"roomId": claims.room, "recordings": recordings}))
+    }
+
+    /// The `processing-status-response` payload of an entry.
+    pub fn status_of(&self, entry: &Entry) -> Value {
+        let mut value = match &entry.job {
+            Some(job) => self.state_json(&entry.recording_id, &job.job_name, &job.sent),
+            None => json!({"recordingId": entry.recording_id, "phase": "Recording", "progress": 0}),
+        };
+        if let Some(marker) = &entry.marker {
+            value["startedAt"] = json!(marker.started_at);
+            value["startedBy"] = json!(marker.started_by);
+        }
+        value
+    }
+
+    /// A recording's whole state as events carry it; finished files with playable URLs.
+    pub fn state_json(&self, recording_id: &str, job_name: &str, view: &View) -> Value {
+        let mut value = json!({
+            "recordingId": recording_id,
+            "jobName": job_name,
+            "phase": view.phase,
+            "progress": view.progress,
+            "attempts": view.attempts,
+        });
+        if !view.outputs.is_empty() {
+            let ttl = self.config.download_url_ttl;
+            let outputs: Vec<Value> = view
+                .outputs
+                .iter()
+                .map(|o| {
+                    json!({
+                        "participantId": o.participant_id,
+                        "key": o.key,
+                        "sizeBytes": o.size_bytes,
+                        "durationSeconds": o.duration_seconds,
+                        "url": self.storage.presign_get(&o.key, ttl).url,
+                        "urlExpiresAt": expiry(ttl),
+                    })
+                })
+                .collect();
+            value["outputs"] = Value::Array(outputs);
+        }
+        if let Some(reason) = &view.reason {
+            value["reason"] = json!(reason);
+        }
+        if let Some(message) = &view.message {
+            value["message"] = json!(message);
+        }
+        value
+    }
+
+    /// The event name and payload of a book's [`Out`].
+    pub fn event_of(&self, out: &Out) -> (&'static str, Value) {
+        match out {
+            Out::StartRec { recording_id, .. } => {
+                ("start-rec", json!({"recordingId": recording_id}))
+            }
+            Out::StopRec { recording_id, .. } => ("stop-rec", json!({"recordingId": recording_id})),
+            Out::Started {
+                recording_id,
+                job_name,
+                view,
+                ..
+            } => (
+                "video-processing-started",
+                self.state_json(recording_id, job_name, view),
+            ),
+            Out::Update {
+                recording_id,
+                job_name,
+                view,
+                ..
+            } => (
+                "video-processing-update",
+                self.state_json(recording_id, job_name, view),
+            ),
+            Out::Error {
+                recording_id,
+                reason,
+                message,
+                ..
+            } => (
+                "video-processing-error",
+                json!({"recordingId": recording_id, "reason": reason, "message": message}),
+            ),
+        }
+    }
+
+    /// Emits `outs` to their rooms' sockets on this replica. Call with the book locked.
+    pub async fn emit_all(&self, outs: &[Out]) {
+        for out in outs {
+            let (event, payload) = self.event_of(out);
+            match self.io.to(room_of(out.room())).emit(event, &payload).await {
+                Ok(()) => self.metrics.emitted(event),
+                Err(e) => tracing::debug!(error = %e, event, "emit failed"),
+            }
+        }
+    }
+}
+
+/// The socket.io room of a Mixdown room.
+pub fn room_of(room: &str) -> String {
+    format!("room:{room}")
+}
+
+fn same_room(claims: &Claims, room: &str) -> Result<(), ApiError> {
+    ids::check("room id", room)?;
+    if claims.room != room {
+        return Err(ApiError::Forbidden(format!(
+            "this token is for another room, not {room}"
+        )));
+    }
+    Ok(())
+}
+
+fn not_found(recording_id: &str) -> ApiError {
+    ApiError::NotFound(format!("no recording {recording_id} in this room"))
+}
+
+fn parse_seq(seq: &str) -> Result<u32, ApiError> {
+    seq.parse::<u32>()
+        .ok()
+        .filter(|s| *s < 100_000_000)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "chunk number {:?} is not a number from 0 to 99999999",
+                seq.chars().take(20).collect::<String>()
+            ))
+        })
+}
+
+fn display_name(name: Option<String>) -> Result<Option<String>, ApiError> {
+    match name.map(|n| n.trim().to_string()) {
+        Some(n) if n.chars().count() > 64 || n.chars().any(char::is_control) => Err(
+            ApiError::bad_request("a name is at most 64 characters, without control characters"),
+        ),
+        Some(n) if n.is_empty() => Ok(None),
+        other => Ok(other),
+    }
+}
+
+fn expiry(ttl: Duration) -> String {
+    (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(ttl.as_secs() as i64)).to_string()
+}
+
+fn result(label: &'static str) -> crate::metrics::ResultLabels {
+    crate::metrics::ResultLabels { result: label }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_numbers_and_names_are_checked() {
+        assert_eq!(parse_seq("0").ok(), Some(0));
+        assert_eq!(parse_seq("7199").ok(), Some(7199));
+        for bad in ["-1", "x", "", "100000000", "1.5"] {
+            assert!(parse_seq(bad).is_err(), "{bad}");
+        }
+        assert!(display_name(Some("x".repeat(65))).is_err());
+        assert_eq!(display_name(Some("  ".into())).ok(), Some(None));
+    }
+
+    #[test]
+    fn confirmed_counts_each_chunk_once() {
+        let mut c = Confirmed {
+            seqs: Vec::new(),
+            count: 0,
+            touched: Instant::now(),
+        };
+        for seq in [0, 1, 1, 200, 0, 7199] {
+            c.insert(seq);
+        }
+        assert_eq!(c.count, 4);
+    }
+}
