@@ -187,7 +187,7 @@ impl AppState {
 
     pub fn create_room(&self, req: CreateRoom) -> Result<RoomCreated, ApiError> {
         let name = display_name(req.name)?;
-        let room = ids::mint();
+        let room = ids::mint_room();
         let host = format!("h-{}", &ids::mint_participant()[2..]);
         let host_token = self.tokens.issue(&room, &host, Role::Host, name.as_deref());
         let invite_token = self.tokens.issue(&room, &host, Role::Invite, None);

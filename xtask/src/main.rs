@@ -2,8 +2,9 @@
 //!
 //! - `crdgen`: writes the RecordingJob CRD generated from `crds/src` into `crds/recordingjob.yaml`
 //!   and, once the chart exists, `charts/mixdown/crds/recordingjob.yaml`.
-//! - `test`: the whole test suite as CI runs it: prerequisites checked (loudly), formatting,
-//!   clippy, the worker image, then every unit and integration test.
+//! - `test`: the whole test suite as CI runs it: prerequisites checked (loudly), the tests' npm
+//!   packages installed from their lockfiles, formatting, clippy, the worker image, then every
+//!   unit and integration test.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -75,7 +76,12 @@ const PREREQUISITES: &[(&str, &str)] = &[
     ("kubectl", "apt-get install kubernetes-client"),
     ("podman", "apt-get install podman runc"),
     ("runc", "apt-get install runc"),
+    ("node", "apt-get install nodejs"),
+    ("npm", "apt-get install npm"),
 ];
+
+/// npm packages the tests use, each installed from its folder's lockfile (`npm ci`).
+const NPM_FOLDERS: &[&str] = &["api/tests/client"];
 
 fn test(root: &Path, skip_image: bool, cargo_test_args: &[String]) -> anyhow::Result<()> {
     let missing: Vec<String> = PREREQUISITES
@@ -101,6 +107,15 @@ fn test(root: &Path, skip_image: bool, cargo_test_args: &[String]) -> anyhow::Re
         let assets = output.lines().last().unwrap_or_default().trim().to_string();
         println!("xtask: KUBEBUILDER_ASSETS={assets}");
         sh.env.push(("KUBEBUILDER_ASSETS".into(), assets));
+    }
+
+    for folder in NPM_FOLDERS {
+        sh.run(
+            sh.cmd("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--prefer-offline"])
+                .current_dir(root.join(folder)),
+        )
+        .with_context(|| format!("installing the npm packages of {folder} (`npm ci`)"))?;
     }
 
     sh.run(sh.cmd("cargo").args(["fmt", "--all", "--check"]))
