@@ -78,6 +78,11 @@ async fn a_recording_goes_from_room_to_finished_files_and_everyone_hears_it() {
     assert_eq!(done["progress"], 100);
 
     for who in ["host", "guest"] {
+        clients
+            .wait_event(who, "video-processing-update", WAIT, |e| {
+                e["phase"] == "Succeeded"
+            })
+            .await;
         let updates = clients.events(who, "video-processing-update");
         assert!(
             updates
@@ -320,6 +325,27 @@ async fn the_same_stop_twice_or_on_two_replicas_at_once_creates_one_recording_jo
         spec.tracks[0].source.chunk_count as usize,
         recording_chunks().await.len()
     );
+
+    // Someone deletes the unfinished RecordingJob by hand: the room hears that processing was
+    // cancelled, and the chunks are still there.
+    let mut clients = Clients::start();
+    clients
+        .connect("host", &b.url, Some(&host))
+        .await
+        .expect("connects");
+    let name = mixdown_crds::recording_job_name(&rec);
+    kube::Api::<mixdown_crds::RecordingJob>::namespaced(world.client.clone(), world.namespace())
+        .delete(&name, &Default::default())
+        .await
+        .expect("deleting the RecordingJob");
+    let error = clients
+        .wait_event("host", "video-processing-error", WAIT, |e| {
+            e["recordingId"] == rec.as_str()
+        })
+        .await;
+    assert_eq!(error["reason"], "RecordingJobDeleted", "{error}");
+    let left = world.keys(&format!("riverside/chunks/{room}/{rec}/")).await;
+    assert_eq!(left.len(), recording_chunks().await.len(), "chunks kept");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -697,6 +723,32 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
             .is_some_and(|d| d.contains(&format!("{} bytes in storage", chunks[0].len())))
     );
 
+    // The same chunk uploaded and confirmed twice counts once.
+    let (status, first) = api
+        .post(
+            &format!("/api/recordings/{rec}/chunks/0/confirm"),
+            Some(&host),
+            Some(json!({"size": chunks[0].len()})),
+        )
+        .await;
+    assert_eq!((status, &first["confirmed"]), (200, &json!(1)), "{first}");
+    let (_, url) = api
+        .post(
+            &format!("/api/recordings/{rec}/chunks/0/upload-url"),
+            Some(&host),
+            Some(json!({"size": chunks[0].len()})),
+        )
+        .await;
+    assert_eq!(put_chunk(&url, chunks[0].clone()).await.0, 200);
+    let (status, again) = api
+        .post(
+            &format!("/api/recordings/{rec}/chunks/0/confirm"),
+            Some(&host),
+            Some(json!({"size": chunks[0].len()})),
+        )
+        .await;
+    assert_eq!((status, &again["confirmed"]), (200, &json!(1)), "{again}");
+
     assert!(
         recording_jobs(&world).await.is_empty(),
         "a RecordingJob was created"
@@ -706,4 +758,126 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
         1,
         "only the one chunk uploaded is in storage"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_recording_is_listed_across_pages_and_a_gap_is_kept_for_the_worker_to_name() {
+    let world = World::new(&[("never:test", "exit 1")]).await;
+    let api = ApiServer::start(&world, &[]).await;
+    let (room, host, invite) = api.create_room().await;
+    let (guest_id, _) = api.join(&invite, "Guest").await;
+    let (_, started) = api
+        .post(&format!("/api/rooms/{room}/recordings"), Some(&host), None)
+        .await;
+    let rec = started["recordingId"].as_str().expect("id").to_string();
+    // More chunks than one listing page holds (1,000), as a 20-minute track has; the guest's
+    // track has a hole at 3 (a chunk that never arrived).
+    let s3 = world.s3.client();
+    let mut puts = tokio::task::JoinSet::new();
+    for seq in 0..1205u32 {
+        let key = format!("riverside/chunks/{room}/{rec}/h-long/{seq:08}.webm");
+        let (s3, bucket) = (s3.clone(), world.bucket.clone());
+        puts.spawn(async move {
+            s3.put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(vec![1u8; 16].into())
+                .send()
+                .await
+        });
+        if puts.len() >= 32 {
+            puts.join_next()
+                .await
+                .expect("a put")
+                .expect("joined")
+                .expect("put a chunk");
+        }
+    }
+    for seq in [0u32, 1, 2, 4] {
+        let key = format!("riverside/chunks/{room}/{rec}/{guest_id}/{seq:08}.webm");
+        puts.spawn({
+            let (s3, bucket) = (s3.clone(), world.bucket.clone());
+            async move {
+                s3.put_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .body(vec![1u8; 16].into())
+                    .send()
+                    .await
+            }
+        });
+    }
+    while let Some(put) = puts.join_next().await {
+        put.expect("joined").expect("put a chunk");
+    }
+    let (status, stopped) = api
+        .post(&format!("/api/recordings/{rec}/stop"), Some(&host), None)
+        .await;
+    assert_eq!(status, 201, "{stopped}");
+    let jobs = recording_jobs(&world).await;
+    let tracks: Vec<(String, u32)> = jobs[0]
+        .spec
+        .tracks
+        .iter()
+        .map(|t| (t.participant_id.clone(), t.source.chunk_count))
+        .collect();
+    let mut want = vec![("h-long".to_string(), 1205), (guest_id.clone(), 5)];
+    want.sort();
+    assert_eq!(
+        tracks, want,
+        "every chunk counted, the gap left for the worker to name"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_tells_the_sockets_and_cors_admits_only_the_studio() {
+    let world = World::new(&[("never:test", "exit 1")]).await;
+    let mut api = ApiServer::start(&world, &["--studio-origins", "https://studio.example"]).await;
+    let (_, host, _) = api.create_room().await;
+
+    for (origin, allowed) in [
+        ("https://studio.example", true),
+        ("https://elsewhere.example", false),
+    ] {
+        let response = reqwest::Client::new()
+            .request(reqwest::Method::OPTIONS, format!("{}/api/rooms", api.url))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+            .await
+            .expect("preflight");
+        let echoed = response
+            .headers()
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        assert_eq!(
+            echoed.as_deref() == Some(origin),
+            allowed,
+            "{origin}: {echoed:?}"
+        );
+    }
+
+    let mut clients = Clients::start();
+    clients
+        .connect("host", &api.url, Some(&host))
+        .await
+        .expect("connects");
+    let status = api
+        .terminate(Duration::from_secs(10))
+        .expect("the API exits on SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    clients
+        .wait_event("host", "server-shutdown", WAIT, |e| e["reconnect"] == true)
+        .await;
+    let start = std::time::Instant::now();
+    while clients.disconnects("host").is_empty() && start.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A closed transport, not a server-side disconnect: socket.io clients reconnect by themselves.
+    assert_eq!(clients.disconnects("host"), ["transport close"]);
 }

@@ -98,6 +98,24 @@ impl ApiServer {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// SIGTERM, then waits up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// A metric's value (exact series with labels).
     pub async fn metric(&self, series: &str) -> Option<f64> {
         let body = reqwest::get(format!("{}/metrics", self.metrics_url))
@@ -342,6 +360,17 @@ impl Clients {
             })
             .await;
         line["data"].clone()
+    }
+
+    /// The reasons `client` was disconnected, in order.
+    pub fn disconnects(&self, client: &str) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l["client"] == client && l["type"] == "disconnect")
+            .map(|l| l["reason"].as_str().unwrap_or_default().to_string())
+            .collect()
     }
 
     /// Every `event` `client` has received so far, in order (payloads).
