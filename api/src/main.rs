@@ -55,8 +55,13 @@ async fn run() -> anyhow::Result<()> {
     metrics.register(&mut registry);
     let ops = Ops::new(registry);
 
+    // Clients send small JSON only: a small read buffer per WebSocket keeps thousands of
+    // sockets cheap, and a full outgoing queue (64 packets; progress is at most one a second
+    // per recording) means a client that stopped reading.
     let (io_layer, io) = socketioxide::SocketIo::builder()
         .max_payload(mixdown_api::MAX_BODY_BYTES as u64)
+        .ws_read_buffer_size(1024)
+        .max_buffer_size(64)
         .build_layer();
     let app = Arc::new(AppState::new(config, storage, cluster, io.clone(), metrics));
     socket::install(&io, app.clone());
