@@ -2,7 +2,7 @@
 //! ([`crate::socket`]) only translate in and out of these functions, which take the caller's
 //! verified claims and return a result or an [`ApiError`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,8 @@ pub struct AppState {
     pub io: SocketIo,
     pub metrics: Metrics,
     confirmed: Mutex<HashMap<(String, String), Confirmed>>,
+    /// Confirmed counts not yet written to their markers, by marker name and participant.
+    unwritten: Mutex<HashMap<String, BTreeMap<String, u32>>>,
 }
 
 /// The chunks of one track this replica knows to be in storage.
@@ -177,6 +179,7 @@ impl AppState {
             io,
             metrics,
             confirmed: Mutex::new(HashMap::new()),
+            unwritten: Mutex::new(HashMap::new()),
         }
     }
 
@@ -237,6 +240,7 @@ impl AppState {
             recording_id: recording_id.clone(),
             started_at: jiff::Timestamp::now().to_string(),
             started_by: claims.participant().to_string(),
+            confirmed: BTreeMap::new(),
         };
         self.cluster
             .create_marker(&marker)
@@ -368,16 +372,13 @@ impl AppState {
             .count_confirmed(&marker.room_id, recording_id, participant, seq)
             .await?;
         self.metrics.confirms.get_or_create(&result("ok")).inc();
-        let event = json!({"recordingId": recording_id, "participantId": participant, "confirmed": confirmed});
-        if self
-            .io
-            .to(room_of(&marker.room_id))
-            .emit("upload-progress", &event)
-            .await
-            .is_ok()
-        {
-            self.metrics.emitted("upload-progress");
-        }
+        // The room hears it through the marker, from every replica (see `flush_confirmed`).
+        self.unwritten
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(marker.name.clone())
+            .or_default()
+            .insert(participant.to_string(), confirmed);
         Ok(ConfirmAnswer {
             ok: true,
             recording_id: recording_id.to_string(),
@@ -424,6 +425,38 @@ impl AppState {
         let count = confirmed.entry(key).or_insert(track);
         count.insert(seq);
         Ok(count.count)
+    }
+
+    /// Writes the confirmed counts taken since the last call onto their markers: one patch per
+    /// recording, however many chunks came in. Every replica's watch then tells its sockets
+    /// (`upload-progress`), so a participant hears the others' uploads wherever they confirm.
+    /// Counts never go down, so a replica that saw fewer confirms cannot take one back.
+    pub async fn flush_confirmed(&self) {
+        let unwritten =
+            std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|p| p.into_inner()));
+        for (name, mut counts) in unwritten {
+            if let Some(known) = self
+                .book
+                .lock()
+                .await
+                .get(&name)
+                .and_then(|e| e.marker.as_ref())
+            {
+                counts.retain(|p, c| known.confirmed.get(p).is_none_or(|k| *c > *k));
+            }
+            if counts.is_empty() {
+                continue;
+            }
+            if let Err(e) = self.cluster.write_confirmed(&name, &counts).await {
+                tracing::debug!(error = %e, "confirmed counts not written; the next confirm writes them");
+                let mut unwritten = self.unwritten.lock().unwrap_or_else(|p| p.into_inner());
+                let entry = unwritten.entry(name).or_default();
+                for (p, c) in counts {
+                    let slot = entry.entry(p).or_insert(c);
+                    *slot = (*slot).max(c);
+                }
+            }
+        }
     }
 
     /// Forgets confirmation counts of tracks idle for an hour.
@@ -653,6 +686,15 @@ impl AppState {
             } => (
                 "video-processing-update",
                 self.state_json(recording_id, job_name, view),
+            ),
+            Out::UploadProgress {
+                recording_id,
+                participant_id,
+                confirmed,
+                ..
+            } => (
+                "upload-progress",
+                json!({"recordingId": recording_id, "participantId": participant_id, "confirmed": confirmed}),
             ),
             Out::Error {
                 recording_id,

@@ -31,6 +31,8 @@ pub struct Marker {
     pub recording_id: String,
     pub started_at: String,
     pub started_by: String,
+    /// Chunks confirmed so far, by participant, as the replicas that took the confirms wrote them.
+    pub confirmed: BTreeMap<String, u32>,
 }
 
 /// What a socket is told of a RecordingJob.
@@ -120,6 +122,13 @@ pub enum Out {
         job_name: String,
         view: View,
     },
+    /// `upload-progress`: a participant's confirmed chunk count went up.
+    UploadProgress {
+        room: String,
+        recording_id: String,
+        participant_id: String,
+        confirmed: u32,
+    },
     /// `video-processing-error`: processing failed, or its RecordingJob was deleted unfinished.
     Error {
         room: String,
@@ -136,6 +145,7 @@ impl Out {
             | Out::StopRec { room, .. }
             | Out::Started { room, .. }
             | Out::Update { room, .. }
+            | Out::UploadProgress { room, .. }
             | Out::Error { room, .. } => room,
         }
     }
@@ -207,23 +217,38 @@ impl Book {
     }
 
     /// What a socket joining `room` is told: the running recordings (`start-rec`, so a late
-    /// joiner records too) and each RecordingJob's state as last told to the room.
+    /// joiner records too, and each participant's confirmed chunks) and each RecordingJob's state
+    /// as last told to the room.
     pub fn snapshot(&self, room: &str) -> Vec<Out> {
-        self.room(room)
-            .into_iter()
-            .map(|entry| match &entry.job {
-                Some(job) => Out::Update {
-                    room: entry.room_id.clone(),
-                    recording_id: entry.recording_id.clone(),
+        let mut out = Vec::new();
+        for entry in self.room(room) {
+            let (room, recording_id) = (entry.room_id.clone(), entry.recording_id.clone());
+            match &entry.job {
+                Some(job) => out.push(Out::Update {
+                    room,
+                    recording_id,
                     job_name: job.job_name.clone(),
                     view: job.sent.clone(),
-                },
-                None => Out::StartRec {
-                    room: entry.room_id.clone(),
-                    recording_id: entry.recording_id.clone(),
-                },
-            })
-            .collect()
+                }),
+                None => {
+                    out.push(Out::StartRec {
+                        room: room.clone(),
+                        recording_id: recording_id.clone(),
+                    });
+                    for (participant, confirmed) in
+                        entry.marker.iter().flat_map(|m| m.confirmed.iter())
+                    {
+                        out.push(Out::UploadProgress {
+                            room: room.clone(),
+                            recording_id: recording_id.clone(),
+                            participant_id: participant.clone(),
+                            confirmed: *confirmed,
+                        });
+                    }
+                }
+            }
+        }
+        out
     }
 
     pub fn marker_event(&mut self, event: Event<Marker>, now: Instant) -> Vec<Out> {
@@ -344,18 +369,39 @@ impl Book {
         }
     }
 
-    fn apply_marker(&mut self, marker: Marker, live: bool, out: &mut Vec<Out>) {
+    fn apply_marker(&mut self, mut marker: Marker, live: bool, out: &mut Vec<Out>) {
         let name = marker.name.clone();
         let (room, recording) = (marker.room_id.clone(), marker.recording_id.clone());
         let entry = self.entry(&name, &room, &recording);
-        let new = entry.marker.is_none();
-        entry.marker = Some(marker);
-        if new && live && entry.job.is_none() {
+        let old = entry.marker.take();
+        if old.is_none() && live && entry.job.is_none() {
             out.push(Out::StartRec {
-                room,
-                recording_id: recording,
+                room: room.clone(),
+                recording_id: recording.clone(),
             });
         }
+        // Counts only go up: a replica that saw fewer confirms never takes one back.
+        let before = old.map(|m| m.confirmed).unwrap_or_default();
+        for (participant, count) in &before {
+            let now = marker
+                .confirmed
+                .entry(participant.clone())
+                .or_insert(*count);
+            *now = (*now).max(*count);
+        }
+        if live {
+            for (participant, count) in &marker.confirmed {
+                if before.get(participant).is_none_or(|b| count > b) {
+                    out.push(Out::UploadProgress {
+                        room: room.clone(),
+                        recording_id: recording.clone(),
+                        participant_id: participant.clone(),
+                        confirmed: *count,
+                    });
+                }
+            }
+        }
+        entry.marker = Some(marker);
     }
 
     fn delete_marker(&mut self, name: &str) {
@@ -471,6 +517,7 @@ mod tests {
             recording_id: format!("id-{name}"),
             started_at: "2026-01-01T00:00:00Z".into(),
             started_by: "host".into(),
+            confirmed: BTreeMap::new(),
         }
     }
 
@@ -509,6 +556,7 @@ mod tests {
                 Out::StopRec { .. } => "stop-rec",
                 Out::Started { .. } => "started",
                 Out::Update { .. } => "update",
+                Out::UploadProgress { .. } => "upload-progress",
                 Out::Error { .. } => "error",
             })
             .collect()
@@ -618,6 +666,38 @@ mod tests {
         assert_eq!(names(&out), ["update", "error"]);
         assert!(matches!(&out[1], Out::Error { reason, .. } if reason == "RecordingJobDeleted"));
         assert!(book.get("b").is_none() && book.get("c").is_none());
+    }
+
+    #[test]
+    fn upload_progress_from_any_replica_goes_out_when_a_count_rises() {
+        let mut book = synced();
+        let t = Instant::now();
+        book.marker_event(Event::Apply(marker("a", "r")), t);
+        let with = |counts: &[(&str, u32)]| {
+            let mut m = marker("a", "r");
+            m.confirmed = counts.iter().map(|(p, c)| (p.to_string(), *c)).collect();
+            Event::Apply(m)
+        };
+        let out = book.marker_event(with(&[("alice", 3)]), t);
+        assert!(
+            matches!(&out[..], [Out::UploadProgress { participant_id, confirmed: 3, .. }] if participant_id == "alice"),
+            "{out:?}"
+        );
+        // Another replica writes bob's count and an older count of alice's: only bob is news.
+        let out = book.marker_event(with(&[("alice", 2), ("bob", 1)]), t);
+        assert!(
+            matches!(&out[..], [Out::UploadProgress { participant_id, confirmed: 1, .. }] if participant_id == "bob"),
+            "{out:?}"
+        );
+        assert!(
+            book.marker_event(with(&[("alice", 3), ("bob", 1)]), t)
+                .is_empty()
+        );
+        let snapshot = book.snapshot("r");
+        assert_eq!(
+            names(&snapshot),
+            ["start-rec", "upload-progress", "upload-progress"]
+        );
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub const MARKER_COMPONENT: &str = "recording";
 pub const MARKER_SELECTOR: &str =
     "app.kubernetes.io/component=recording,app.kubernetes.io/managed-by=mixdown-api";
 
+/// Annotation prefix of a participant's confirmed chunk count on a marker.
+pub const CONFIRMED_PREFIX: &str = "confirmed.mixdown.dev/";
+
 mod keys {
     pub const ROOM: &str = "roomId";
     pub const RECORDING: &str = "recordingId";
@@ -133,6 +136,28 @@ impl Cluster {
         }
     }
 
+    /// Writes confirmed chunk counts (by participant) on the marker `name`; every replica's
+    /// marker watch turns a rise into `upload-progress` for its sockets.
+    pub async fn write_confirmed(
+        &self,
+        name: &str,
+        counts: &BTreeMap<String, u32>,
+    ) -> Result<(), ClusterError> {
+        let annotations: serde_json::Map<String, serde_json::Value> = counts
+            .iter()
+            .map(|(p, c)| (format!("{CONFIRMED_PREFIX}{p}"), c.to_string().into()))
+            .collect();
+        let patch = serde_json::json!({"metadata": {"annotations": annotations}});
+        self.markers
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+            .map_err(|source| ClusterError {
+                what: format!("writing confirmed counts on marker {name}"),
+                source,
+            })
+    }
+
     /// Makes the marker a dependent of its RecordingJob, for garbage collection.
     pub async fn adopt_marker(&self, rj: &RecordingJob) -> Result<(), ClusterError> {
         let name = rj.name_any();
@@ -159,12 +184,24 @@ impl Cluster {
 pub fn marker_of(cm: &ConfigMap) -> Option<Marker> {
     let data = cm.data.as_ref()?;
     let get = |k: &str| data.get(k).cloned();
+    let confirmed = cm
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter_map(|(k, v)| {
+            let participant = k.strip_prefix(CONFIRMED_PREFIX)?;
+            mixdown_crds::is_valid_id(participant)
+                .then(|| Some((participant.to_string(), v.parse().ok()?)))?
+        })
+        .collect();
     Some(Marker {
         name: cm.metadata.name.clone()?,
         room_id: get(keys::ROOM).filter(|r| mixdown_crds::is_valid_id(r))?,
         recording_id: get(keys::RECORDING).filter(|r| mixdown_crds::is_valid_id(r))?,
         started_at: get(keys::STARTED_AT).unwrap_or_default(),
         started_by: get(keys::STARTED_BY).unwrap_or_default(),
+        confirmed,
     })
 }
 
@@ -208,6 +245,17 @@ mod tests {
         assert_eq!(
             (marker.room_id.as_str(), marker.recording_id.as_str()),
             ("room-1", "x")
+        );
+        assert!(marker.confirmed.is_empty());
+        cm.metadata.annotations = Some(BTreeMap::from([
+            (format!("{CONFIRMED_PREFIX}alice"), "12".to_string()),
+            (format!("{CONFIRMED_PREFIX}bad.id"), "3".to_string()),
+            (format!("{CONFIRMED_PREFIX}bob"), "x".to_string()),
+        ]));
+        let marker = marker_of(&cm).expect("a marker");
+        assert_eq!(
+            marker.confirmed,
+            BTreeMap::from([("alice".to_string(), 12)])
         );
         cm.data
             .as_mut()

@@ -28,6 +28,9 @@ use crate::metrics::Ops;
 
 /// How often progress that waited for its interval is looked at.
 const TICK: Duration = Duration::from_millis(100);
+/// How often confirmed chunk counts are written to their markers: at most one write per
+/// recording per replica in this time, however many chunks arrive.
+const CONFIRMED_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Runs both watches and the progress ticker until `stop` is cancelled. Marks `ops` ready once
 /// both have listed everything.
@@ -43,6 +46,20 @@ pub async fn run(app: App, ops: Ops, stop: CancellationToken) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut sweep = tokio::time::interval(Duration::from_secs(60));
+    // Writing confirmed counts waits on the API server; it must not hold up the watches.
+    tokio::spawn({
+        let (app, stop) = (app.clone(), stop.clone());
+        async move {
+            let mut flush = tokio::time::interval(CONFIRMED_INTERVAL);
+            flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = flush.tick() => app.flush_confirmed().await,
+                }
+            }
+        }
+    });
     loop {
         tokio::select! {
             () = stop.cancelled() => return,

@@ -96,7 +96,11 @@ async fn run() -> anyhow::Result<()> {
     let _ = io
         .emit("server-shutdown", &serde_json::json!({"reconnect": true}))
         .await;
-    tokio::time::sleep(Duration::from_secs(args.shutdown_grace_seconds)).await;
+    // At least a moment, so that the event leaves the socket buffers before the process does.
+    tokio::time::sleep(
+        Duration::from_secs(args.shutdown_grace_seconds).max(Duration::from_millis(300)),
+    )
+    .await;
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), watches).await;
     info!("stopped");

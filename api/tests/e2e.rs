@@ -152,7 +152,7 @@ async fn every_replica_tells_its_sockets_once_and_a_killed_one_loses_nothing() {
     let mut a = ApiServer::start(&world, &["--output-profile", "webm"]).await;
     let b = ApiServer::start(&world, &["--output-profile", "webm"]).await;
     let (room, host, invite) = a.create_room().await;
-    let (_, guest1) = b.join(&invite, "One").await;
+    let (guest1_id, guest1) = b.join(&invite, "One").await;
     let (_, guest2) = a.join(&invite, "Two").await;
 
     let mut clients = Clients::start();
@@ -183,6 +183,24 @@ async fn every_replica_tells_its_sockets_once_and_a_killed_one_loses_nothing() {
     let chunks = recording_chunks().await;
     a.upload(&host, &rec, &chunks).await;
     b.upload(&guest1, &rec, &chunks).await;
+    // Guest 1 confirmed on b; the host on a hears it, and so does guest 2 on b, once per count.
+    for who in ["host", "g2"] {
+        clients
+            .wait_event(who, "upload-progress", WAIT, |e| {
+                e["participantId"] == guest1_id.as_str() && e["confirmed"] == chunks.len()
+            })
+            .await;
+        let counts: Vec<i64> = clients
+            .events(who, "upload-progress")
+            .iter()
+            .filter(|e| e["participantId"] == guest1_id.as_str())
+            .filter_map(|e| e["confirmed"].as_i64())
+            .collect();
+        assert!(
+            counts.windows(2).all(|w| w[0] < w[1]),
+            "{who}: counts rise, each once: {counts:?}"
+        );
+    }
 
     let ack = clients
         .emit_ack("host", "recording_stopped", json!({"recordingId": rec}))
@@ -867,6 +885,9 @@ async fn sigterm_tells_the_sockets_and_cors_admits_only_the_studio() {
         .connect("host", &api.url, Some(&host))
         .await
         .expect("connects");
+    // A round trip and a moment, so that the client is past its upgrade to WebSocket.
+    clients.emit_ack("host", "start_recording", json!({})).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let status = api
         .terminate(Duration::from_secs(10))
         .expect("the API exits on SIGTERM");

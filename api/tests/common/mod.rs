@@ -53,7 +53,7 @@ impl ApiServer {
             .args(["--listen-addr", &format!("127.0.0.1:{port}")])
             .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
             .args(["--log-format", "text"])
-            .args(["--shutdown-grace-seconds", "0"])
+            .args(["--shutdown-grace-seconds", "1"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
