@@ -143,10 +143,17 @@ impl Cluster {
         name: &str,
         counts: &BTreeMap<String, u32>,
     ) -> Result<(), ClusterError> {
+        // Participant ids are minted by the API (`g-…`, `h-…`), always valid annotation names
+        // (at most 63 characters, alphanumeric at both ends); anything else is left out rather
+        // than failing the whole write.
         let annotations: serde_json::Map<String, serde_json::Value> = counts
             .iter()
+            .filter(|(p, _)| annotation_name(p))
             .map(|(p, c)| (format!("{CONFIRMED_PREFIX}{p}"), c.to_string().into()))
             .collect();
+        if annotations.is_empty() {
+            return Ok(());
+        }
         let patch = serde_json::json!({"metadata": {"annotations": annotations}});
         self.markers
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -178,6 +185,12 @@ impl Cluster {
                 source,
             })
     }
+}
+
+fn annotation_name(p: &str) -> bool {
+    p.len() <= 63
+        && p.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && p.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 /// The marker a ConfigMap holds, if it holds one.
