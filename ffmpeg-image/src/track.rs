@@ -159,7 +159,7 @@ async fn process_inner(
 
     let early_upload = open_upload.clone();
     let ((fed_all, timing), ffmpeg_log, ffmpeg_status, sent) = tokio::try_join!(
-        feed(ctx, head, downloads, ffmpeg_in, &feeding),
+        feed(ctx, plan, head, downloads, ffmpeg_in, &feeding),
         watch_log("ffmpeg", ffmpeg_err, &contexts, plan, &feeding),
         async {
             let status = wait(&mut ffmpeg, "ffmpeg").await;
@@ -296,8 +296,13 @@ impl<T> std::future::Future for AbortOnDrop<T> {
 /// Feeds the chunks to ffmpeg in order, reading their timing on the way. Returns whether every
 /// chunk went in (ffmpeg may stop reading early when it fails; its exit status then says why) and
 /// the timing.
+///
+/// A chunk holding exactly the bytes of the one before it is bad input: MediaRecorder never makes
+/// two equal chunks, so it is one chunk stored under two numbers (a retried upload sent to the
+/// wrong key), and the recording would have a hole where the real chunk belongs.
 async fn feed(
     ctx: &Context,
+    plan: &TrackPlan,
     head: Vec<Bytes>,
     rest: BoxStream<'_, Result<Bytes, WorkerError>>,
     mut ffmpeg_in: ChildStdin,
@@ -306,8 +311,26 @@ async fn feed(
     let mut timing = webm::Timing::new();
     let mut chunks = stream::iter(head.into_iter().map(Ok)).chain(rest);
     let mut index = 0;
+    let mut previous: Option<Bytes> = None;
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk?;
+        if let Some(before) = previous.replace(chunk.clone())
+            && before == chunk
+            && index > 0
+            && index < plan.chunks.len()
+        {
+            return Err(WorkerError::UnreadableChunk {
+                participant: plan.participant.clone(),
+                chunk: plan.chunks[index].name.clone(),
+                detail: format!(
+                    "chunk {} of {} holds exactly the bytes of chunk {} (one chunk stored under two numbers); the real {} is missing",
+                    plan.chunks[index].name,
+                    plan.participant,
+                    plan.chunks[index - 1].name,
+                    plan.chunks[index].name
+                ),
+            });
+        }
         feeding.store(index, Ordering::Relaxed);
         match ffmpeg_in.write_all(&chunk).await {
             Ok(()) => {}

@@ -454,6 +454,20 @@ async fn a_corrupt_chunk_is_bad_input_and_named() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_chunk_stored_twice_under_two_numbers_is_bad_input_and_named() -> anyhow::Result<()> {
+    // Chunk 8's object holds a copy of chunk 7: the real chunk 8 never arrived.
+    let copy = chunks(&VP8_30S)?[7].clone();
+    bad_input(
+        "rec-duplicate",
+        Damage::Replace(8, copy),
+        0,
+        "UnreadableChunk",
+        "chunk 00000008.webm of alice holds exactly the bytes of chunk 00000007.webm",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_corrupt_first_chunk_is_bad_input() -> anyhow::Result<()> {
     let size = chunks(&VP8_30S)?[0].len();
     bad_input(
