@@ -725,7 +725,8 @@ pub fn room_of(room: &str) -> String {
     format!("room:{room}")
 }
 
-fn same_room(claims: &Claims, room: &str) -> Result<(), ApiError> {
+/// Refuses a path room that is not the token's (after checking it is a valid id).
+pub(crate) fn same_room(claims: &Claims, room: &str) -> Result<(), ApiError> {
     ids::check("room id", room)?;
     if claims.room != room {
         return Err(ApiError::Forbidden(format!(

@@ -208,14 +208,6 @@ impl Book {
             .collect()
     }
 
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// What a socket joining `room` is told: the running recordings (`start-rec`, so a late
     /// joiner records too, and each participant's confirmed chunks) and each RecordingJob's state
     /// as last told to the room.
@@ -251,7 +243,7 @@ impl Book {
         out
     }
 
-    pub fn marker_event(&mut self, event: Event<Marker>, now: Instant) -> Vec<Out> {
+    pub fn marker_event(&mut self, event: Event<Marker>) -> Vec<Out> {
         let mut out = Vec::new();
         match event {
             Event::Init => self.markers.listing = Some(HashSet::new()),
@@ -278,7 +270,6 @@ impl Book {
                 self.markers.synced = true;
             }
         }
-        let _ = now;
         out
     }
 
@@ -541,7 +532,7 @@ mod tests {
         let mut book = Book::default();
         let t = Instant::now();
         for e in [Event::Init, Event::InitDone] {
-            book.marker_event(e.clone(), t);
+            book.marker_event(e.clone());
         }
         book.job_event(Event::Init, t);
         book.job_event(Event::InitDone, t);
@@ -566,12 +557,12 @@ mod tests {
     fn the_first_listing_announces_nothing_and_later_changes_once_each() {
         let mut book = Book::default();
         let t = Instant::now();
-        assert!(book.marker_event(Event::Init, t).is_empty());
+        assert!(book.marker_event(Event::Init).is_empty());
         assert!(
-            book.marker_event(Event::InitApply(marker("a", "r")), t)
+            book.marker_event(Event::InitApply(marker("a", "r")))
                 .is_empty()
         );
-        book.marker_event(Event::InitDone, t);
+        book.marker_event(Event::InitDone);
         book.job_event(Event::Init, t);
         assert!(
             book.job_event(Event::InitApply(job("a", "r", "Running", 40)), t)
@@ -579,13 +570,10 @@ mod tests {
         );
         book.job_event(Event::InitDone, t);
 
-        let out = book.marker_event(Event::Apply(marker("b", "r")), t);
+        let out = book.marker_event(Event::Apply(marker("b", "r")));
         assert_eq!(names(&out), ["start-rec"]);
         // The same marker again (a resync) is not a new start.
-        assert!(
-            book.marker_event(Event::Apply(marker("b", "r")), t)
-                .is_empty()
-        );
+        assert!(book.marker_event(Event::Apply(marker("b", "r"))).is_empty());
         let out = book.job_event(Event::Apply(job("b", "r", "Pending", 0)), t);
         assert_eq!(names(&out), ["stop-rec", "started"]);
         let out = book.job_event(Event::Apply(job("b", "r", "Running", 0)), t);
@@ -671,26 +659,25 @@ mod tests {
     #[test]
     fn upload_progress_from_any_replica_goes_out_when_a_count_rises() {
         let mut book = synced();
-        let t = Instant::now();
-        book.marker_event(Event::Apply(marker("a", "r")), t);
+        book.marker_event(Event::Apply(marker("a", "r")));
         let with = |counts: &[(&str, u32)]| {
             let mut m = marker("a", "r");
             m.confirmed = counts.iter().map(|(p, c)| (p.to_string(), *c)).collect();
             Event::Apply(m)
         };
-        let out = book.marker_event(with(&[("alice", 3)]), t);
+        let out = book.marker_event(with(&[("alice", 3)]));
         assert!(
             matches!(&out[..], [Out::UploadProgress { participant_id, confirmed: 3, .. }] if participant_id == "alice"),
             "{out:?}"
         );
         // Another replica writes bob's count and an older count of alice's: only bob is news.
-        let out = book.marker_event(with(&[("alice", 2), ("bob", 1)]), t);
+        let out = book.marker_event(with(&[("alice", 2), ("bob", 1)]));
         assert!(
             matches!(&out[..], [Out::UploadProgress { participant_id, confirmed: 1, .. }] if participant_id == "bob"),
             "{out:?}"
         );
         assert!(
-            book.marker_event(with(&[("alice", 3), ("bob", 1)]), t)
+            book.marker_event(with(&[("alice", 3), ("bob", 1)]))
                 .is_empty()
         );
         let snapshot = book.snapshot("r");
@@ -704,9 +691,9 @@ mod tests {
     fn a_snapshot_is_what_the_room_was_told_and_only_that_room() {
         let mut book = synced();
         let t = Instant::now();
-        book.marker_event(Event::Apply(marker("a", "r")), t);
-        book.marker_event(Event::Apply(marker("b", "r")), t);
-        book.marker_event(Event::Apply(marker("x", "other")), t);
+        book.marker_event(Event::Apply(marker("a", "r")));
+        book.marker_event(Event::Apply(marker("b", "r")));
+        book.marker_event(Event::Apply(marker("x", "other")));
         book.job_event(Event::Apply(job("b", "r", "Running", 0)), t);
         book.job_event(
             Event::Apply(job("b", "r", "Running", 30)),

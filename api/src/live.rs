@@ -81,7 +81,7 @@ pub async fn run(app: App, ops: Ops, stop: CancellationToken) {
                     let event = map_event(event, |cm| marker_of(&cm));
                     if let Some(event) = event {
                         let mut book = app.book.lock().await;
-                        let outs = book.marker_event(event, Instant::now());
+                        let outs = book.marker_event(event);
                         app.emit_all(&outs).await;
                         ops.ready.store(book.synced(), Ordering::Relaxed);
                     }

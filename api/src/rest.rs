@@ -139,12 +139,7 @@ async fn start_recording(
     room: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<Response, ApiError> {
     let Path(room) = room.map_err(path_problem)?;
-    crate::ids::check("room id", &room)?;
-    if room != claims.room {
-        return Err(ApiError::Forbidden(format!(
-            "this token is for another room, not {room}"
-        )));
-    }
+    crate::app::same_room(&claims, &room)?;
     Ok((
         StatusCode::CREATED,
         Json(app.start_recording(&claims).await?),
