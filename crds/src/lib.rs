@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 pub use naming::{is_valid_id, recording_job_name};
 pub use report::{WorkerJob, WorkerReport};
 
+
 /// What ids (`roomId`, `recordingId`, `participantId`) may look like: safe in object keys, URLs
 /// and label values.
 pub const ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
@@ -59,6 +60,12 @@ pub const MAX_TRACKS: usize = 32;
         json_path = ".status.phase"
     ),
     printcolumn(
+        name = "Sealed",
+        type_ = "string",
+        description = "Whether every track is sealed by its uploader",
+        json_path = ".status.conditions[?(@.type==\"UploadsComplete\")].status"
+    ),
+    printcolumn(
         name = "Progress",
         type_ = "integer",
         description = "Percentage of the input processed",
@@ -87,10 +94,19 @@ pub struct RecordingJobSpec {
     #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     pub recording_id: String,
 
-    /// One track per participant: where its chunks are and how many the client confirmed.
-    /// Between 1 and 32 tracks.
+    /// One track per participant: where its chunks are and, once its uploader sealed it, how
+    /// many there are. Between 1 and 32 tracks. The API adds tracks and seals them while the
+    /// RecordingJob is Uploading; once its Job exists the spec is not changed again.
     #[schemars(length(min = 1, max = 32))]
     pub tracks: Vec<Track>,
+
+    /// Longest time, in seconds from the RecordingJob's creation, that processing waits for
+    /// unsealed tracks. When it passes, processing starts anyway: an unsealed track is processed
+    /// from its contiguous run of chunks from chunk 0, and the chunks after a gap are kept. 0 to
+    /// 86400, default 600.
+    #[serde(default = "default_upload_timeout_seconds")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub upload_timeout_seconds: i64,
 
     /// Where the finished files go and in which format.
     pub output: Output,
@@ -159,10 +175,20 @@ pub struct TrackSource {
     )]
     pub prefix: String,
 
-    /// Number of chunks the client confirmed. The worker fails, without retrying, when storage
+    /// Number of chunks the uploader sealed the track with, once its upload queue drained.
+    /// Unset: the track is still uploading, and processing waits for it (at most
+    /// `uploadTimeoutSeconds`). The worker fails a sealed track, without retrying, when storage
     /// holds a different number or a sequence number is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
-    pub chunk_count: u32,
+    pub chunk_count: Option<u32>,
+}
+
+impl Track {
+    /// Whether the uploader sealed this track (said how many chunks it has).
+    pub fn is_sealed(&self) -> bool {
+        self.source.chunk_count.is_some()
+    }
 }
 
 /// Where the finished files go.
@@ -231,12 +257,12 @@ impl Default for Cleanup {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordingJobStatus {
-    /// Where processing is: Pending, Queued (over the concurrency limit), Running, Succeeded or
-    /// Failed.
+    /// Where processing is: Uploading (waiting for tracks to be sealed), Pending, Queued (over
+    /// the concurrency limit), Running, Succeeded or Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
 
-    /// Latest observations, one per type: Queued, Running, Complete, Failed.
+    /// Latest observations, one per type: UploadsComplete, Queued, Running, Complete, Failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -283,6 +309,8 @@ pub struct RecordingJobStatus {
 /// Where processing is.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum Phase {
+    /// Waiting for participants to seal their tracks (at most `uploadTimeoutSeconds`); no Job yet.
+    Uploading,
     /// Accepted; the Job is being created.
     Pending,
     /// Waiting for a free slot under the operator's concurrency limit.
@@ -303,6 +331,7 @@ impl Phase {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Phase::Uploading => "Uploading",
             Phase::Pending => "Pending",
             Phase::Queued => "Queued",
             Phase::Running => "Running",
@@ -324,6 +353,49 @@ pub struct RecordingOutput {
     pub size_bytes: i64,
     /// Playing time of the file in seconds, as measured after upload.
     pub duration_seconds: f64,
+    /// Whether the uploader sealed the track. An unsealed track was processed from what storage
+    /// held when processing started: its contiguous run of chunks from chunk 0.
+    #[serde(default = "default_true")]
+    pub sealed: bool,
+    /// Number of chunks in the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<u32>,
+    /// Chunks of an unsealed track that were in storage but not in the file, because a chunk
+    /// before them was missing or empty. They are kept in storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_out: Option<LeftOut>,
+}
+
+/// The chunks of an unsealed track that processing left out, and kept.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LeftOut {
+    /// The first chunk number that was missing (or empty) in storage: the file ends before it.
+    pub missing_chunk: u32,
+    /// How many chunks after it storage held; none of them was processed or deleted.
+    pub chunks_kept: u32,
+}
+
+impl RecordingOutput {
+    /// What happened to an unsealed track's chunks, in words; `None` for a sealed track.
+    pub fn unsealed_note(&self) -> Option<String> {
+        if self.sealed {
+            return None;
+        }
+        let chunks = self.chunks.unwrap_or(0);
+        let made = format!(
+            "track {} was not sealed: its file holds chunks 00000000.webm to {:08}.webm",
+            self.participant_id,
+            chunks.saturating_sub(1)
+        );
+        Some(match &self.left_out {
+            None => format!("{made}, all that storage held"),
+            Some(left) => format!(
+                "{made}; {:08}.webm was missing, so the {} chunk(s) after it were left out and kept in storage",
+                left.missing_chunk, left.chunks_kept
+            ),
+        })
+    }
 }
 
 fn default_backoff_limit() -> i32 {
@@ -332,6 +404,13 @@ fn default_backoff_limit() -> i32 {
 
 fn default_active_deadline_seconds() -> i64 {
     3600
+}
+
+/// Default of `spec.uploadTimeoutSeconds`.
+pub const DEFAULT_UPLOAD_TIMEOUT_SECONDS: i64 = 600;
+
+fn default_upload_timeout_seconds() -> i64 {
+    DEFAULT_UPLOAD_TIMEOUT_SECONDS
 }
 
 fn default_true() -> bool {

@@ -49,6 +49,9 @@ pub mod field_managers {
 
 /// `type` of the conditions in `status.conditions`.
 pub mod conditions {
+    /// Every track was sealed by its uploader (True), or processing waits for some (False,
+    /// WaitingForUploads), or started without them (False, UploadTimeout).
+    pub const UPLOADS_COMPLETE: &str = "UploadsComplete";
     /// The RecordingJob waits for a free slot under the concurrency limit.
     pub const QUEUED: &str = "Queued";
     /// A worker Pod is processing the recording.
@@ -61,6 +64,12 @@ pub mod conditions {
 
 /// `reason` values of conditions, of `status.reason` and of Events.
 pub mod reasons {
+    /// Tracks are still unsealed; the message names them.
+    pub const WAITING_FOR_UPLOADS: &str = "WaitingForUploads";
+    /// Every track is sealed.
+    pub const ALL_TRACKS_SEALED: &str = "AllTracksSealed";
+    /// `uploadTimeoutSeconds` passed with tracks unsealed; processing started without them.
+    pub const UPLOAD_TIMEOUT: &str = "UploadTimeout";
     pub const JOB_CREATED: &str = "JobCreated";
     pub const WAITING_FOR_SLOT: &str = "WaitingForSlot";
     pub const POD_RUNNING: &str = "PodRunning";

@@ -57,6 +57,9 @@ mod tests {
                 key: "riverside/processed/r/rec/alice.mp4".into(),
                 size_bytes: 1234,
                 duration_seconds: 30.02,
+                sealed: true,
+                chunks: Some(30),
+                left_out: None,
             }],
         };
         let json = serde_json::to_value(&ok).expect("serializes");

@@ -22,7 +22,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use mixdown_crds::names::{API_VERSION, KIND, field_managers, labels, reasons};
+use mixdown_crds::names::{API_VERSION, KIND, conditions, field_managers, labels, reasons};
 use mixdown_crds::{Phase, RecordingJob, RecordingJobStatus};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -35,7 +35,10 @@ use crate::events::Events;
 use crate::job::{build_job, is_owned_by, validate};
 use crate::metrics::Metrics;
 use crate::slots::{Census, QueueKey, Slots, next_in_line};
-use crate::status::{Admission, derive_status, is_final, needs_write, progress_is_stale};
+use crate::status::{
+    Admission, completion_message, derive_status, is_final, needs_write, progress_is_stale,
+};
+use crate::uploads::{Gate, upload_gate};
 
 /// RecordingJobs as watched: one that fails to deserialize is reported, not a stalled watch.
 pub type Guarded = DeserializeGuard<RecordingJob>;
@@ -153,8 +156,8 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
         }
     }
 
-    let view = ctx.view(rj, &uid);
-    let previous = view.status.clone().unwrap_or_default();
+    let mut view = ctx.view(rj, &uid);
+    let mut previous = view.status.clone().unwrap_or_default();
     let job_ref = ObjectRef::<Job>::new(&name).within(&namespace);
     let mut job = ctx.jobs.get(&job_ref);
     if job.as_deref().is_some_and(|j| !is_owned_by(j, rj)) {
@@ -166,26 +169,41 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
     let mut created = false;
     let mut admission = Admission::Admitted;
     if job.is_none() && !is_final(&view) {
+        let gate = upload_gate(rj, jiff::Timestamp::now());
         match validate(rj) {
             Err(Error::InvalidSpec(message)) => admission = Admission::Invalid(message),
             Err(other) => return Err(other),
-            Ok(()) => match ctx.admit(rj) {
-                None => {
-                    admission = Admission::Queued {
-                        max_running_jobs: ctx.slots.max(),
-                    }
+            Ok(()) if !gate.is_open() => admission = Admission::Uploading,
+            Ok(()) => {
+                if may_still_be_sealed(rj, &previous) {
+                    // The API may still be sealing or adding tracks: close that door first, on
+                    // the spec this reconcile read, or not at all.
+                    let Some(closed) = ctx.close_uploads(rj, &previous).await? else {
+                        debug!("the spec changed while uploads were being closed; reading it again");
+                        return Ok(Action::requeue(Duration::from_millis(200)));
+                    };
+                    lock(&ctx.applied).insert(uid.clone(), (closed.clone(), Instant::now()));
+                    view.status = Some(closed.clone());
+                    previous = closed;
                 }
-                Some(reservation) => match ctx.create_job(rj).await {
-                    Ok((j, fresh)) => {
-                        created = fresh;
-                        job = Some(Arc::new(j));
+                match ctx.admit(rj) {
+                    None => {
+                        admission = Admission::Queued {
+                            max_running_jobs: ctx.slots.max(),
+                        }
                     }
-                    Err(error) => {
-                        ctx.slots.release(reservation);
-                        return Err(error);
-                    }
-                },
-            },
+                    Some(reservation) => match ctx.create_job(rj).await {
+                        Ok((j, fresh)) => {
+                            created = fresh;
+                            job = Some(Arc::new(j));
+                        }
+                        Err(error) => {
+                            ctx.slots.release(reservation);
+                            return Err(error);
+                        }
+                    },
+                }
+            }
         }
     }
 
@@ -249,6 +267,16 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
     next_action(rj, ctx, &desired).await
 }
 
+/// Whether the API may still change `rj`'s tracks: it does so only while the RecordingJob is
+/// Uploading, or not yet judged with a track unsealed (see the API's `seal`). Such a RecordingJob
+/// gets its Job only after [`Context::close_uploads`] wrote, on the very spec the Job is built
+/// from, a status that ends the API's writes; so the spec is the same from that write on.
+fn may_still_be_sealed(rj: &RecordingJob, status: &RecordingJobStatus) -> bool {
+    status.job_name.is_none()
+        && (status.phase == Some(Phase::Uploading)
+            || (status.phase.is_none() && rj.spec.tracks.iter().any(|t| !t.is_sealed())))
+}
+
 /// Whether `rj` was created less than [`HOLD_BACK_AT_MOST`] ago: only then may its status wait for
 /// a burst of Job creates, so that a steady stream of them cannot keep a status stale for long.
 fn is_young(rj: &RecordingJob) -> bool {
@@ -270,6 +298,16 @@ async fn next_action(
 ) -> Result<Action> {
     match status.phase {
         Some(Phase::Queued) => Ok(Action::requeue(QUEUED_RECHECK)),
+        Some(Phase::Uploading) => match upload_gate(rj, jiff::Timestamp::now()) {
+            Gate::Waiting { until, .. } => {
+                let left = jiff::Timestamp::now().duration_until(until);
+                let left = Duration::try_from(left).unwrap_or_default();
+                Ok(Action::requeue(
+                    left.min(RESYNC) + Duration::from_millis(100),
+                ))
+            }
+            _ => Ok(Action::requeue(Duration::from_millis(100))),
+        },
         Some(phase) if phase.is_finished() => {
             let Some(ttl) = rj.spec.ttl_seconds_after_finished else {
                 return Ok(Action::await_change());
@@ -347,6 +385,7 @@ impl Context {
 
     /// RecordingJobs waiting for a slot: valid, unfinished, and without a Job.
     fn waiting(&self) -> Vec<QueueKey> {
+        let now = jiff::Timestamp::now();
         self.rjs
             .state()
             .iter()
@@ -355,6 +394,7 @@ impl Context {
                 rj.metadata.deletion_timestamp.is_none()
                     && !is_final(rj)
                     && validate(rj).is_ok()
+                    && upload_gate(rj, now).is_open()
                     && self
                         .jobs
                         .get(
@@ -473,6 +513,66 @@ impl Context {
         Ok(())
     }
 
+    /// Ends the uploads of `rj`: applies the status that admits it (Pending, with its
+    /// UploadsComplete condition) on the condition that the RecordingJob is still the one this
+    /// reconcile read (its `resourceVersion`). The API refuses to seal or add tracks once the
+    /// phase is no longer Uploading, and a seal that landed first makes this write fail with a
+    /// conflict (`Ok(None)`): then the reconcile reads the new spec and judges again. Either way
+    /// the Job is built from the spec as sealed, and the spec does not change afterwards.
+    async fn close_uploads(
+        &self,
+        rj: &RecordingJob,
+        previous: &RecordingJobStatus,
+    ) -> Result<Option<RecordingJobStatus>> {
+        let (name, namespace) = crate::job::name_and_namespace(rj)?;
+        let resource_version = rj
+            .resource_version()
+            .ok_or(Error::MissingMetadata("resourceVersion"))?;
+        let mut view = rj.clone();
+        view.status = Some(previous.clone());
+        let status = RecordingJobStatus {
+            progress: None,
+            ..derive_status(
+                &view,
+                None,
+                &[],
+                &Admission::Admitted,
+                jiff::Timestamp::now(),
+            )
+        };
+        let api: Api<RecordingJob> = Api::namespaced(self.client.clone(), &namespace);
+        let body = json!({
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"resourceVersion": resource_version},
+            "status": status,
+        });
+        match api
+            .patch_status(
+                &name,
+                &PatchParams::apply(field_managers::OPERATOR).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+        {
+            Ok(_) => {
+                self.metrics.status_writes.inc();
+                info!(
+                    reason = status
+                        .conditions
+                        .iter()
+                        .find(|c| c.type_ == conditions::UPLOADS_COMPLETE)
+                        .map_or("", |c| c.reason.as_str()),
+                    "uploads closed"
+                );
+                self.announce(rj, previous, &status, None);
+                Ok(Some(status))
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
+            Err(error) => Err(Error::kube("closing the uploads")(error)),
+        }
+    }
+
     /// Server-side applies the operator's status fields; `progress` is never among them.
     async fn apply_status(
         &self,
@@ -534,9 +634,44 @@ impl Context {
                 format!("Created Job {job}"),
             ));
         }
+        let uploads = |s: &RecordingJobStatus| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == conditions::UPLOADS_COMPLETE)
+                .map(|c| (c.reason.clone(), c.message.clone()))
+        };
+        if let Some((reason, message)) = uploads(desired)
+            && uploads(previous).map(|(r, _)| r) != Some(reason.clone())
+        {
+            match reason.as_str() {
+                reasons::UPLOAD_TIMEOUT => events.push(event(
+                    EventType::Warning,
+                    reasons::UPLOAD_TIMEOUT,
+                    "StartWithoutSeals",
+                    capitalize(&message),
+                )),
+                reasons::ALL_TRACKS_SEALED if previous.phase == Some(Phase::Uploading) => events
+                    .push(event(
+                        EventType::Normal,
+                        reasons::ALL_TRACKS_SEALED,
+                        "Seal",
+                        capitalize(&message),
+                    )),
+                _ => {}
+            }
+        }
         let (before, after) = (previous.phase, desired.phase);
         if before != after {
             match after {
+                Some(Phase::Uploading) => {
+                    let message = uploads(desired).map(|(_, m)| m).unwrap_or_default();
+                    events.push(event(
+                        EventType::Normal,
+                        reasons::WAITING_FOR_UPLOADS,
+                        "WaitForUploads",
+                        capitalize(&message),
+                    ));
+                }
                 Some(Phase::Queued) => events.push(event(
                     EventType::Normal,
                     reasons::WAITING_FOR_SLOT,
@@ -553,10 +688,15 @@ impl Context {
                     format!("Worker started (attempt {})", desired.attempts.unwrap_or(1)),
                 )),
                 Some(Phase::Succeeded) => events.push(event(
-                    EventType::Normal,
+                    // A track processed without its seal is worth a look.
+                    if desired.outputs.iter().all(|o| o.sealed) {
+                        EventType::Normal
+                    } else {
+                        EventType::Warning
+                    },
                     "Succeeded",
                     "Complete",
-                    format!("{} output(s) written and verified", desired.outputs.len()),
+                    capitalize(&completion_message(&desired.outputs)),
                 )),
                 Some(Phase::Failed) => events.push(event(
                     EventType::Warning,
@@ -579,6 +719,13 @@ impl Context {
         // Best effort, in the background: never slows the reconcile down.
         self.events.publish(rj.object_ref(&()), events);
     }
+}
+
+fn capitalize(message: &str) -> String {
+    let mut chars = message.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_uppercase().chain(chars).collect()
+    })
 }
 
 fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {

@@ -423,7 +423,7 @@ spec:
         let worker_job: WorkerJob =
             serde_json::from_str(env_value(&job, env::JOB).unwrap()).unwrap();
         assert_eq!(worker_job.recording_id, "abc");
-        assert_eq!(worker_job.tracks[0].source.chunk_count, 3);
+        assert_eq!(worker_job.tracks[0].source.chunk_count, Some(3));
         assert!(worker_job.cleanup.delete_chunks, "cleanup defaults to true");
         for (name, value) in [
             (env::S3_ENDPOINT, "https://acct.r2.example"),

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod slots;
 pub mod status;
 pub mod telemetry;
+pub mod uploads;
 
 #[cfg(test)]
 mod testing;

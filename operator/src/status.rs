@@ -18,10 +18,13 @@ use mixdown_crds::names::{conditions, reasons};
 use mixdown_crds::{Phase, RecordingJob, RecordingJobStatus, WorkerReport};
 
 use crate::attempts::{Attempt, attempts};
+use crate::uploads::upload_gate;
 
 /// Where a RecordingJob without a Job stands, as decided by the reconciler.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
+    /// Tracks are still unsealed and the upload timeout has not passed: no Job yet.
+    Uploading,
     /// A slot is free: its Job is being created.
     Admitted,
     /// Every slot is taken; it waits its turn.
@@ -57,9 +60,12 @@ pub fn derive_status(
         ..RecordingJobStatus::default()
     };
     let mut conds = Conditions::new(previous, generation, now);
+    let (sealed, reason, message) = upload_gate(rj, now).condition();
+    conds.set(conditions::UPLOADS_COMPLETE, sealed, reason, &message);
 
     let Some(job) = job else {
         match admission {
+            Admission::Uploading => status.phase = Some(Phase::Uploading),
             Admission::Invalid(message) => {
                 status.phase = Some(Phase::Failed);
                 status.reason = Some(reasons::INVALID_SPEC.to_string());
@@ -139,7 +145,7 @@ pub fn derive_status(
                 _ => None,
             })
             .unwrap_or_default();
-        let message = format!("{} output(s) written and verified", status.outputs.len());
+        let message = completion_message(&status.outputs);
         conds.set(conditions::RUNNING, false, reasons::COMPLETED, &message);
         conds.set(conditions::COMPLETE, true, reasons::COMPLETED, &message);
         status.completion_time = job_status
@@ -184,6 +190,17 @@ pub fn derive_status(
     }
     status.conditions = conds.into_vec();
     status
+}
+
+/// What the Complete condition and the Succeeded Event say: how many files, and for each
+/// unsealed track what it holds and which chunks were left out (and kept).
+pub fn completion_message(outputs: &[mixdown_crds::RecordingOutput]) -> String {
+    let mut message = format!("{} output(s) written and verified", outputs.len());
+    for note in outputs.iter().filter_map(|o| o.unsealed_note()) {
+        message.push_str("; ");
+        message.push_str(&note);
+    }
+    message
 }
 
 /// Whether the RecordingJob's status is final: it succeeded or failed, and that judgement still
@@ -382,7 +399,7 @@ spec:
                 reason: None,
                 message_contains: None,
                 outputs: 0,
-                true_conditions: &[],
+                true_conditions: &["UploadsComplete"],
             },
             Row {
                 name: "no Job, every slot taken",
@@ -396,7 +413,7 @@ spec:
                 reason: None,
                 message_contains: None,
                 outputs: 0,
-                true_conditions: &["Queued"],
+                true_conditions: &["UploadsComplete", "Queued"],
             },
             Row {
                 name: "invalid spec",
@@ -408,7 +425,7 @@ spec:
                 reason: Some("InvalidSpec"),
                 message_contains: Some("spec.tracks[1]"),
                 outputs: 0,
-                true_conditions: &["Failed"],
+                true_conditions: &["UploadsComplete", "Failed"],
             },
             Row {
                 name: "Job created, Pod not started",
@@ -420,7 +437,7 @@ spec:
                 reason: None,
                 message_contains: None,
                 outputs: 0,
-                true_conditions: &[],
+                true_conditions: &["UploadsComplete"],
             },
             Row {
                 name: "Pod running",
@@ -432,7 +449,7 @@ spec:
                 reason: None,
                 message_contains: None,
                 outputs: 0,
-                true_conditions: &["Running"],
+                true_conditions: &["UploadsComplete", "Running"],
             },
             Row {
                 name: "retrying after a transient failure",
@@ -453,7 +470,7 @@ spec:
                 reason: Some("StorageError"),
                 message_contains: Some("connection refused"),
                 outputs: 0,
-                true_conditions: &["Running"],
+                true_conditions: &["UploadsComplete", "Running"],
             },
             Row {
                 name: "succeeded with the worker's outputs",
@@ -472,7 +489,7 @@ spec:
                 reason: None,
                 message_contains: None,
                 outputs: 2,
-                true_conditions: &["Complete"],
+                true_conditions: &["UploadsComplete", "Complete"],
             },
             Row {
                 name: "bad input fails after one attempt, whatever the Job says",
@@ -491,7 +508,7 @@ spec:
                 reason: Some("MissingChunk"),
                 message_contains: Some("chunk 00000001.webm of alice is missing"),
                 outputs: 0,
-                true_conditions: &["Failed"],
+                true_conditions: &["UploadsComplete", "Failed"],
             },
             Row {
                 name: "bad input before the Job noticed",
@@ -508,7 +525,7 @@ spec:
                 reason: Some("MissingChunk"),
                 message_contains: Some("missing"),
                 outputs: 0,
-                true_conditions: &["Failed"],
+                true_conditions: &["UploadsComplete", "Failed"],
             },
             Row {
                 name: "bad input, and a replacement the Job controller started before it was stopped",
@@ -529,7 +546,7 @@ spec:
                 reason: Some("MissingChunk"),
                 message_contains: Some("missing"),
                 outputs: 0,
-                true_conditions: &["Failed"],
+                true_conditions: &["UploadsComplete", "Failed"],
             },
             Row {
                 name: "retries used up",
@@ -547,7 +564,7 @@ spec:
                 reason: Some("BackoffLimitExceeded"),
                 message_contains: Some("last attempt: StorageError: connection refused"),
                 outputs: 0,
-                true_conditions: &["Failed"],
+                true_conditions: &["UploadsComplete", "Failed"],
             },
             Row {
                 name: "deadline, the running Pod deleted by the Job controller",
@@ -561,7 +578,7 @@ spec:
                 reason: Some("DeadlineExceeded"),
                 message_contains: Some("deadline"),
                 outputs: 0,
-                true_conditions: &["Failed"],
+                true_conditions: &["UploadsComplete", "Failed"],
             },
         ]
     }
@@ -596,6 +613,82 @@ spec:
                 assert!(status.completion_time.is_some(), "{name}: completionTime");
             }
         }
+    }
+
+    const UNSEALED_RJ: &str = r#"
+metadata: {name: rec-1, namespace: studio, uid: rj-uid, generation: 1, creationTimestamp: "2026-01-01T10:00:00Z"}
+spec:
+  roomId: room1
+  recordingId: r1
+  tracks:
+    - {participantId: alice, source: {prefix: c/alice/, chunkCount: 3}}
+    - {participantId: bob, source: {prefix: c/bob/}}
+  output: {prefix: out/}
+  uploadTimeoutSeconds: 600
+"#;
+
+    #[test]
+    fn an_unsealed_track_keeps_the_recording_uploading_and_says_so() {
+        let rj = recording_job(UNSEALED_RJ);
+        let status = derive_status(&rj, None, &[], &Admission::Uploading, now());
+        assert_eq!(status.phase, Some(Phase::Uploading));
+        let uploads = condition(&status, "UploadsComplete").expect("UploadsComplete");
+        assert_eq!(uploads.status, "False");
+        assert_eq!(uploads.reason, "WaitingForUploads");
+        assert!(uploads.message.contains(": bob;"), "{}", uploads.message);
+        assert_eq!(status.job_name, None);
+
+        // Sealed: the same RecordingJob is admitted like any other, and the condition flips.
+        let mut sealed = recording_job(UNSEALED_RJ);
+        sealed.spec.tracks[1].source.chunk_count = Some(7);
+        sealed.status = Some(status.clone());
+        let later = now()
+            .checked_add(jiff::SignedDuration::from_secs(5))
+            .unwrap();
+        let admitted = derive_status(&sealed, None, &[], &Admission::Admitted, later);
+        assert_eq!(admitted.phase, Some(Phase::Pending));
+        let uploads = condition(&admitted, "UploadsComplete").unwrap();
+        assert_eq!(
+            (uploads.status.as_str(), uploads.reason.as_str()),
+            ("True", "AllTracksSealed")
+        );
+        assert_eq!(uploads.last_transition_time, Time(later));
+    }
+
+    #[test]
+    fn a_recording_processed_without_a_seal_says_which_chunks_were_left_out() {
+        let mut rj = recording_job(UNSEALED_RJ);
+        rj.spec.upload_timeout_seconds = 60; // over at now()
+        let report = r#"'{"result":"succeeded","outputs":[{"participantId":"alice","key":"out/alice.mp4","sizeBytes":1000,"durationSeconds":3.0,"sealed":true,"chunks":3},{"participantId":"bob","key":"out/bob.mp4","sizeBytes":900,"durationSeconds":5.0,"sealed":false,"chunks":5,"leftOut":{"missingChunk":5,"chunksKept":2}}]}'"#;
+        let job = job(
+            "rec-1",
+            "job-uid",
+            "{completionTime: '2026-01-01T10:04:00Z', succeeded: 1, conditions: [{type: Complete, status: 'True'}]}",
+        );
+        let p = pod(
+            "rec-1-a",
+            "job-uid",
+            "Succeeded",
+            &format!("{{terminated: {{exitCode: 0, message: {report}}}}}"),
+        );
+        let status = derive_status(&rj, Some(&job), &[&p], &Admission::Admitted, now());
+        assert_eq!(status.phase, Some(Phase::Succeeded));
+        let uploads = condition(&status, "UploadsComplete").unwrap();
+        assert_eq!(
+            (uploads.status.as_str(), uploads.reason.as_str()),
+            ("False", "UploadTimeout")
+        );
+        assert!(uploads.message.contains("not sealed: bob"), "{}", uploads.message);
+        let complete = &condition(&status, "Complete").unwrap().message;
+        assert!(
+            complete.contains("2 output(s) written and verified; track bob was not sealed: its file holds chunks 00000000.webm to 00000004.webm; 00000005.webm was missing, so the 2 chunk(s) after it were left out and kept in storage"),
+            "{complete}"
+        );
+        assert!(!status.outputs[1].sealed);
+        assert_eq!(
+            status.outputs[1].left_out.as_ref().map(|l| l.chunks_kept),
+            Some(2)
+        );
     }
 
     #[test]

@@ -76,6 +76,10 @@ async fn a_valid_recording_job_is_accepted_with_its_defaults() {
             .expect("the stored object reads back as a RecordingJob");
     assert_eq!(typed.spec.backoff_limit, 3, "backoffLimit defaults to 3");
     assert_eq!(typed.spec.active_deadline_seconds, 3600);
+    assert_eq!(
+        typed.spec.upload_timeout_seconds, 600,
+        "uploadTimeoutSeconds defaults to 600"
+    );
     assert_eq!(typed.spec.output.profile, mixdown_crds::Profile::Mp4);
     assert!(
         typed.spec.cleanup.delete_chunks,
@@ -183,6 +187,15 @@ async fn kubectl_get_shows_the_printer_columns_by_plural_and_short_name() {
         phase: Some(Phase::Running),
         progress: Some(42),
         attempts: Some(2),
+        conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: names::conditions::UPLOADS_COMPLETE.into(),
+            status: "True".into(),
+            reason: names::reasons::ALL_TRACKS_SEALED.into(),
+            message: "every track is sealed".into(),
+            last_transition_time: serde_json::from_value(json!("2026-12-01T10:00:00Z"))
+                .expect("a time"),
+            observed_generation: Some(1),
+        }],
         ..RecordingJobStatus::default()
     };
     typed
@@ -208,7 +221,7 @@ async fn kubectl_get_shows_the_printer_columns_by_plural_and_short_name() {
             .collect();
         assert_eq!(
             header,
-            ["NAME", "ROOM", "PHASE", "PROGRESS", "ATTEMPTS", "AGE"],
+            ["NAME", "ROOM", "PHASE", "SEALED", "PROGRESS", "ATTEMPTS", "AGE"],
             "kubectl get {resource}:\n{table}"
         );
         let row: Vec<&str> = lines
@@ -217,8 +230,8 @@ async fn kubectl_get_shows_the_printer_columns_by_plural_and_short_name() {
             .split_whitespace()
             .collect();
         assert_eq!(
-            row[..5],
-            ["rec-columns", "room-1", "Running", "42", "2"],
+            row[..6],
+            ["rec-columns", "room-1", "Running", "True", "42", "2"],
             "kubectl get {resource}:\n{table}"
         );
     }
@@ -270,7 +283,12 @@ async fn kubectl_explain_shows_the_field_descriptions() {
         &["explain", "recordingjob.spec.tracks.source.chunkCount"],
     );
     assert!(
-        chunk_count.contains("Number of chunks the client confirmed"),
+        chunk_count.contains("Number of chunks the uploader sealed the track with"),
         "{chunk_count}"
+    );
+    let timeout = kubectl(cp, &["explain", "recordingjob.spec.uploadTimeoutSeconds"]);
+    assert!(
+        timeout.contains("waits for") && timeout.contains("unsealed tracks"),
+        "{timeout}"
     );
 }
