@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kube::ResourceExt;
 use mixdown_crds::{
     Cleanup, MAX_TRACKS, Output, RecordingJobSpec, Track, TrackSource, recording_job_name,
 };
@@ -21,6 +22,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::ids;
 use crate::metrics::Metrics;
+use crate::seal::{Decision, check_against_storage, decide};
 use crate::storage::Storage;
 
 /// Content types a chunk may be uploaded as: what MediaRecorder produces.
@@ -150,6 +152,24 @@ pub struct ConfirmAnswer {
     pub seq: u32,
     /// Chunks of this track confirmed so far (as this replica knows; never more than stored).
     pub confirmed: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SealRequest {
+    /// How many chunks the track has: chunks `0..chunkCount-1` must all be in storage.
+    pub chunk_count: u32,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct Sealed {
+    pub ok: bool,
+    pub recording_id: String,
+    pub participant_id: String,
+    pub chunk_count: u32,
+    /// True when the track was already sealed with this count (a retry): nothing changed.
+    pub already_sealed: bool,
 }
 
 #[derive(Serialize, Debug)]
@@ -465,6 +485,103 @@ impl AppState {
         confirmed.retain(|_, t| t.touched.elapsed() < Duration::from_secs(3600));
     }
 
+    /// Seals the caller's track of a stopped recording: checks storage holds exactly chunks
+    /// `0..chunkCount-1`, then records the count on the RecordingJob (see [`crate::seal`]).
+    pub async fn seal(
+        &self,
+        claims: &Claims,
+        recording_id: &str,
+        req: SealRequest,
+    ) -> Result<Sealed, ApiError> {
+        let outcome = self.try_seal(claims, recording_id, req).await;
+        let label = match &outcome {
+            Ok(s) if s.already_sealed => "already_sealed",
+            Ok(_) => "sealed",
+            Err(ApiError::Unavailable { .. }) => "error",
+            Err(_) => "refused",
+        };
+        self.metrics.seals.get_or_create(&result(label)).inc();
+        outcome
+    }
+
+    async fn try_seal(
+        &self,
+        claims: &Claims,
+        recording_id: &str,
+        req: SealRequest,
+    ) -> Result<Sealed, ApiError> {
+        claims.require_member()?;
+        let marker = self.recording(claims, recording_id).await?;
+        let participant = claims.participant();
+        let count = req.chunk_count;
+        let prefix = self
+            .storage
+            .layout
+            .track(&marker.room_id, recording_id, participant);
+        let sealed = |already_sealed| Sealed {
+            ok: true,
+            recording_id: recording_id.to_string(),
+            participant_id: participant.to_string(),
+            chunk_count: count,
+            already_sealed,
+        };
+        let mut checked = false;
+        // A write loses only to another write of the same RecordingJob in between (another
+        // seal, the operator's status): read again and decide again.
+        for _ in 0..8 {
+            let rj = self
+                .cluster
+                .get_job(&marker.name)
+                .await
+                .map_err(|e| ApiError::internal("looking up the recording's job", e))?
+                .filter(|rj| rj.spec.room_id == claims.room)
+                .ok_or_else(|| {
+                    ApiError::conflict(
+                        "not_stopped",
+                        format!(
+                            "recording {recording_id} has not stopped yet; seal the track after stop-rec"
+                        ),
+                    )
+                })?;
+            let tracks = match decide(&rj, participant, &prefix, count)? {
+                Decision::AlreadySealed => return Ok(sealed(true)),
+                Decision::Write(tracks) => tracks,
+            };
+            if !checked {
+                let listing = self
+                    .storage
+                    .list_chunks(
+                        &self.storage.layout.recording_chunks(&marker.room_id, recording_id),
+                        Some(participant),
+                    )
+                    .await
+                    .map_err(|e| ApiError::internal("listing the track's chunks", e))?;
+                let none = Vec::new();
+                check_against_storage(
+                    participant,
+                    count,
+                    listing.tracks.get(participant).unwrap_or(&none),
+                    listing.empty.get(participant).unwrap_or(&none),
+                )?;
+                checked = true;
+            }
+            let version = rj.resource_version().unwrap_or_default();
+            if self
+                .cluster
+                .write_tracks(&marker.name, &version, &tracks)
+                .await
+                .map_err(|e| ApiError::internal("sealing the track", e))?
+            {
+                tracing::info!(recording = %recording_id, participant = %participant, chunks = count, "track sealed");
+                return Ok(sealed(false));
+            }
+        }
+        Err(ApiError::internal(
+            "sealing the track",
+            "the RecordingJob changed under every attempt",
+        ))
+    }
+
     /// Stops a recording: lists its chunks and creates its RecordingJob. Idempotent: a second
     /// stop, or two at once on two replicas, answer with the same RecordingJob.
     pub async fn stop(&self, claims: &Claims, recording_id: &str) -> Result<Stopped, ApiError> {
@@ -539,16 +656,16 @@ impl AppState {
                 ),
             ));
         }
+        // Every track starts unsealed: pages are still uploading. Each page seals its own track
+        // once its queue drained (`seal`); processing waits for that, up to the upload timeout.
         let tracks = listing
             .tracks
-            .iter()
-            .map(|(participant, seqs)| Track {
+            .keys()
+            .map(|participant| Track {
                 participant_id: participant.clone(),
                 source: TrackSource {
                     prefix: format!("{prefix}{participant}/"),
-                    // The highest number seen, not how many: a gap then fails processing clearly
-                    // (MissingChunk, chunks kept) instead of quietly dropping the end.
-                    chunk_count: seqs.last().map_or(0, |s| s + 1),
+                    chunk_count: None,
                 },
             })
             .collect();
@@ -561,6 +678,7 @@ impl AppState {
                 profile: self.config.output_profile,
             },
             cleanup: Cleanup::default(),
+            upload_timeout_seconds: self.config.upload_timeout_seconds,
             backoff_limit: 3,
             active_deadline_seconds: 3600,
             ttl_seconds_after_finished: self.config.job_ttl_seconds,
@@ -634,6 +752,11 @@ impl AppState {
             "phase": view.phase,
             "progress": view.progress,
             "attempts": view.attempts,
+            "tracks": view.tracks.iter().map(|t| json!({
+                "participantId": t.participant_id,
+                "sealed": t.chunk_count.is_some(),
+                "chunkCount": t.chunk_count,
+            })).collect::<Vec<_>>(),
         });
         if !view.outputs.is_empty() {
             let ttl = self.config.download_url_ttl;
@@ -646,6 +769,12 @@ impl AppState {
                         "key": o.key,
                         "sizeBytes": o.size_bytes,
                         "durationSeconds": o.duration_seconds,
+                        "sealed": o.sealed,
+                        "chunks": o.chunks,
+                        "leftOut": o.left_out.as_ref().map(|l| json!({
+                            "missingChunk": l.missing_chunk,
+                            "chunksKept": l.chunks_kept,
+                        })),
                         "url": self.storage.presign_get(&o.key, ttl).url,
                         "urlExpiresAt": expiry(ttl),
                     })

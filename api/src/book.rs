@@ -44,14 +44,26 @@ pub struct View {
     pub outputs: Vec<RecordingOutput>,
     pub reason: Option<String>,
     pub message: Option<String>,
+    /// Each participant's track: sealed (with its chunk count) or still uploading.
+    pub tracks: Vec<TrackView>,
+}
+
+/// One track as clients see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackView {
+    pub participant_id: String,
+    /// Set once the participant's page sealed the track.
+    pub chunk_count: Option<u32>,
 }
 
 impl View {
     pub fn of(rj: &RecordingJob) -> View {
         let status = rj.status.clone().unwrap_or_default();
+        let unsealed = rj.spec.tracks.iter().any(|t| !t.is_sealed());
+        // Not judged by the operator yet: what it will say first.
         let phase = status
             .phase
-            .map_or("Pending", mixdown_crds::Phase::as_str)
+            .map_or(if unsealed { "Uploading" } else { "Pending" }, mixdown_crds::Phase::as_str)
             .to_string();
         let finished = status.phase.is_some_and(mixdown_crds::Phase::is_finished);
         View {
@@ -65,6 +77,15 @@ impl View {
             reason: status.reason.filter(|_| finished),
             message: status.message.filter(|_| finished),
             phase,
+            tracks: rj
+                .spec
+                .tracks
+                .iter()
+                .map(|t| TrackView {
+                    participant_id: t.participant_id.clone(),
+                    chunk_count: t.source.chunk_count,
+                })
+                .collect(),
         }
     }
 
@@ -78,6 +99,7 @@ impl View {
             && self.outputs == other.outputs
             && self.reason == other.reason
             && self.message == other.message
+            && self.tracks == other.tracks
     }
 }
 
@@ -524,6 +546,7 @@ mod tests {
                 outputs: Vec::new(),
                 reason: (phase == "Failed").then(|| "MissingChunk".into()),
                 message: (phase == "Failed").then(|| "chunk 3 is missing".into()),
+                tracks: Vec::new(),
             },
         }
     }

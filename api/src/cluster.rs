@@ -136,6 +136,32 @@ impl Cluster {
         }
     }
 
+    /// Writes `tracks` on the spec of RecordingJob `name` if it is still at `resource_version`;
+    /// `Ok(false)` when it changed since (the caller reads it again and decides again).
+    pub async fn write_tracks(
+        &self,
+        name: &str,
+        resource_version: &str,
+        tracks: &[mixdown_crds::Track],
+    ) -> Result<bool, ClusterError> {
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": resource_version},
+            "spec": {"tracks": tracks},
+        });
+        let params = PatchParams {
+            field_manager: Some(field_managers::API.to_string()),
+            ..PatchParams::default()
+        };
+        match self.rjs.patch(name, &params, &Patch::Merge(&patch)).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+            Err(source) => Err(ClusterError {
+                what: format!("sealing a track of RecordingJob {name}"),
+                source,
+            }),
+        }
+    }
+
     /// Writes confirmed chunk counts (by participant) on the marker `name`; every replica's
     /// marker watch turns a rise into `upload-progress` for its sockets.
     pub async fn write_confirmed(

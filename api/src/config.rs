@@ -107,6 +107,12 @@ pub struct Args {
     #[arg(long, env = "MIXDOWN_JOB_TTL_SECONDS")]
     pub job_ttl_seconds: Option<i32>,
 
+    /// `uploadTimeoutSeconds` of the RecordingJobs the API creates: how long processing waits
+    /// for participants to seal their tracks after a stop (0 to 86400).
+    #[arg(long, env = "MIXDOWN_UPLOAD_TIMEOUT_SECONDS", default_value_t = mixdown_crds::DEFAULT_UPLOAD_TIMEOUT_SECONDS,
+          value_parser = clap::value_parser!(i64).range(0..=86_400))]
+    pub upload_timeout_seconds: i64,
+
     /// Origins allowed to call the API from a browser (comma-separated), e.g.
     /// `https://studio.example.com`. Empty: same-origin only.
     #[arg(long, env = "MIXDOWN_STUDIO_ORIGINS", value_delimiter = ',')]
@@ -174,6 +180,7 @@ pub struct Config {
     pub max_chunk_bytes: u64,
     pub output_profile: Profile,
     pub job_ttl_seconds: Option<i32>,
+    pub upload_timeout_seconds: i64,
     pub public_url: String,
 }
 
@@ -270,6 +277,7 @@ impl Args {
             max_chunk_bytes: self.max_chunk_bytes,
             output_profile: self.output_profile.into(),
             job_ttl_seconds: self.job_ttl_seconds,
+            upload_timeout_seconds: self.upload_timeout_seconds,
             public_url: self
                 .public_url
                 .clone()

@@ -28,7 +28,12 @@ pub enum ApiError {
     NotFound(String),
     /// The request is well-formed but the world disagrees (a size mismatch, no chunks to process).
     #[error("{message}")]
-    Conflict { code: &'static str, message: String },
+    Conflict {
+        code: &'static str,
+        message: String,
+        /// The chunk at fault, when one is: the page uploads it again.
+        chunk: Option<u32>,
+    },
     /// Storage or the Kubernetes API failed; the cause is logged, not returned.
     #[error("{what} failed; try again")]
     Unavailable { what: &'static str },
@@ -43,6 +48,23 @@ impl ApiError {
         ApiError::Conflict {
             code,
             message: message.into(),
+            chunk: None,
+        }
+    }
+
+    /// A conflict about one chunk, named in the message and given as `chunk` in the answer.
+    pub fn chunk_conflict(code: &'static str, chunk: u32, message: impl Into<String>) -> Self {
+        ApiError::Conflict {
+            code,
+            message: message.into(),
+            chunk: Some(chunk),
+        }
+    }
+
+    fn chunk(&self) -> Option<u32> {
+        match self {
+            ApiError::Conflict { chunk, .. } => *chunk,
+            _ => None,
         }
     }
 
@@ -80,20 +102,27 @@ impl ApiError {
 
     /// The socket.io form: `{error: {code, message}}`.
     pub fn ack(&self) -> serde_json::Value {
-        json!({"error": {"code": self.code(), "message": self.to_string()}})
+        let mut error = json!({"code": self.code(), "message": self.to_string()});
+        if let Some(chunk) = self.chunk() {
+            error["chunk"] = json!(chunk);
+        }
+        json!({ "error": error })
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = json!({
+        let mut body = json!({
             "type": format!("https://mixdown.dev/problems/{}", self.code()),
             "title": status.canonical_reason().unwrap_or("Error"),
             "status": status.as_u16(),
             "code": self.code(),
             "detail": self.to_string(),
         });
+        if let Some(chunk) = self.chunk() {
+            body["chunk"] = json!(chunk);
+        }
         let mut response = (status, body.to_string()).into_response();
         response.headers_mut().insert(
             axum::http::header::CONTENT_TYPE,
@@ -133,5 +162,8 @@ mod tests {
         let ack = ApiError::conflict("no_chunks", "recording r1 has no chunks").ack();
         assert_eq!(ack["error"]["code"], "no_chunks");
         assert_eq!(ack["error"]["message"], "recording r1 has no chunks");
+        assert_eq!(ack["error"].get("chunk"), None);
+        let ack = ApiError::chunk_conflict("chunk_missing", 7, "chunk 00000007 is missing").ack();
+        assert_eq!(ack["error"]["chunk"], 7);
     }
 }

@@ -19,6 +19,7 @@ pub mod live;
 pub mod metrics;
 pub mod presign;
 pub mod rest;
+pub mod seal;
 pub mod socket;
 pub mod storage;
 pub mod telemetry;

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub presigns: Counter,
     pub confirms: Family<ResultLabels, Counter>,
     pub stops: Family<ResultLabels, Counter>,
+    pub seals: Family<ResultLabels, Counter>,
     pub stop_duration: Histogram,
     pub handshakes_refused: Counter,
 }
@@ -49,6 +50,7 @@ impl Default for Metrics {
             presigns: Counter::default(),
             confirms: Family::default(),
             stops: Family::default(),
+            seals: Family::default(),
             // 1 ms .. ~16 s
             stop_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             handshakes_refused: Counter::default(),
@@ -83,6 +85,11 @@ impl Metrics {
             "stops",
             "recording stops, by result (created, existing, refused, error)",
             self.stops.clone(),
+        );
+        r.register(
+            "seals",
+            "track seals, by result (sealed, already_sealed, refused, error)",
+            self.seals.clone(),
         );
         r.register(
             "stop_duration_seconds",

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 
-use crate::app::{App, ConfirmRequest, CreateRoom, Join, UploadUrlRequest};
+use crate::app::{App, ConfirmRequest, CreateRoom, Join, SealRequest, UploadUrlRequest};
 use crate::auth::{self, Claims};
 use crate::error::ApiError;
 
@@ -99,6 +99,7 @@ pub fn router() -> Router<App> {
         )
         .route("/api/recordings/{id}/chunks/{seq}/confirm", post(confirm))
         .route("/api/recordings/{id}/stop", post(stop))
+        .route("/api/recordings/{id}/tracks/complete", post(seal))
         .route("/api/recordings/{id}", get(status))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()).into_response() })
 }
@@ -189,6 +190,16 @@ async fn stop(
         StatusCode::OK
     };
     Ok((status, Json(stopped)).into_response())
+}
+
+async fn seal(
+    State(app): State<App>,
+    Caller(claims): Caller,
+    id: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    Body(req): Body<SealRequest>,
+) -> Result<Response, ApiError> {
+    let Path(id) = id.map_err(path_problem)?;
+    Ok(Json(app.seal(&claims, &id, req).await?).into_response())
 }
 
 async fn status(

@@ -122,15 +122,15 @@ async fn on_connect(socket: SocketRef, app: App) {
             let _ = ack.send(&payload);
         },
     );
+    let (a, c) = (app.clone(), claims.clone());
     socket.on(
         "upload_complete",
-        async move |ack: AckSender| {
-            // Sealing tracks belongs to the uploads work (the RecordingJob's Uploading phase);
-            // until then a stop processes the chunks found in storage. Said, not pretended.
-            let _ = ack.send(&json!({"error": {
-                "code": "not_supported",
-                "message": "this server does not seal tracks yet: a stop processes the chunks found in storage at that moment; confirm each chunk before the host stops"
-            }}));
+        async move |TryData(data): TryData<Value>, ack: AckSender| {
+            let result = match seal_request(data.ok()) {
+                Ok((id, req)) => a.seal(&c, &id, req).await,
+                Err(e) => Err(e),
+            };
+            reply(ack, result);
         },
     );
     let a = app.clone();
@@ -150,6 +150,31 @@ fn recording_id(data: Option<Value>) -> Result<String, ApiError> {
     serde_json::from_value::<RecordingRef>(data)
         .map(|r| r.recording_id)
         .map_err(|e| ApiError::bad_request(format!("send `{{recordingId}}` as a string: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SealData {
+    recording_id: String,
+    chunk_count: u32,
+}
+
+fn seal_request(data: Option<Value>) -> Result<(String, crate::app::SealRequest), ApiError> {
+    let data = data.ok_or_else(|| ApiError::bad_request("send `{recordingId, chunkCount}`"))?;
+    serde_json::from_value::<SealData>(data)
+        .map(|d| {
+            (
+                d.recording_id,
+                crate::app::SealRequest {
+                    chunk_count: d.chunk_count,
+                },
+            )
+        })
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "send `{{recordingId, chunkCount}}`, a string and a whole number: {e}"
+            ))
+        })
 }
 
 fn reply<T: serde::Serialize>(ack: AckSender, result: Result<T, ApiError>) {

@@ -58,6 +58,8 @@ impl Layout {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Listing {
     pub tracks: BTreeMap<String, Vec<u32>>,
+    /// Chunks stored empty (0 bytes), by participant: named when a seal counts them.
+    pub empty: BTreeMap<String, Vec<u32>>,
 }
 
 /// Reads `{participant}/{seq:08}.webm` below a recording's prefix; anything else is not a chunk.
@@ -171,19 +173,18 @@ impl Storage {
                     continue;
                 };
                 // Empty objects are not chunks a recorder made; the worker would refuse them.
-                if object.size().unwrap_or(0) <= 0 {
-                    continue;
-                }
+                let empty = object.size().unwrap_or(0) <= 0;
                 if let Some((participant, seq)) = parse_chunk_key(relative) {
-                    listing
-                        .tracks
-                        .entry(participant.to_string())
-                        .or_default()
-                        .push(seq);
+                    let list = if empty {
+                        &mut listing.empty
+                    } else {
+                        &mut listing.tracks
+                    };
+                    list.entry(participant.to_string()).or_default().push(seq);
                 }
             }
         }
-        for seqs in listing.tracks.values_mut() {
+        for seqs in listing.tracks.values_mut().chain(listing.empty.values_mut()) {
             seqs.sort_unstable();
             seqs.dedup();
         }
