@@ -68,7 +68,27 @@ async fn a_recording_goes_from_room_to_finished_files_and_everyone_hears_it() {
             })
             .await;
         assert_eq!(started["jobName"], job_name.as_str());
+        assert_eq!(started["phase"], "Uploading", "{started:#}");
     }
+    // Each page seals its track once its queue drained: the host by socket.io, the guest by REST.
+    let sealed = clients
+        .emit_ack(
+            "host",
+            "upload_complete",
+            json!({"recordingId": rec, "chunkCount": chunks.len()}),
+        )
+        .await;
+    assert_eq!(sealed["ok"], true, "{sealed}");
+    let (status, sealed) = api.seal(&guest, &rec, chunks.len()).await;
+    assert_eq!(status, 200, "{sealed}");
+    // Every page hears each track sealed.
+    clients
+        .wait_event("host", "video-processing-update", WAIT, |e| {
+            e["tracks"]
+                .as_array()
+                .is_some_and(|t| t.len() == 2 && t.iter().all(|t| t["sealed"] == true))
+        })
+        .await;
     let done = clients
         .wait_event("guest", "video-processing-update", LONG, |e| {
             e["phase"] == "Succeeded" || e["phase"] == "Failed"
@@ -216,6 +236,20 @@ async fn every_replica_tells_its_sockets_once_and_a_killed_one_loses_nothing() {
             e["recordingId"] == rec.as_str()
         })
         .await;
+    // The host seals on a, guest 1 on b.
+    let (status, sealed) = a.seal(&host, &rec, chunks.len()).await;
+    assert_eq!(status, 200, "{sealed}");
+    let sealed = clients
+        .emit_ack(
+            "g1",
+            "upload_complete",
+            json!({"recordingId": rec, "chunkCount": chunks.len()}),
+        )
+        .await;
+    assert_eq!(sealed["ok"], true, "{sealed}");
+    clients
+        .wait_event("g2", "video-processing-update", WAIT, |e| e["phase"] == "Running")
+        .await;
 
     // Replica a dies while the worker is still starting.
     a.kill();
@@ -248,7 +282,7 @@ async fn every_replica_tells_its_sockets_once_and_a_killed_one_loses_nothing() {
             .filter(|(e, _)| e == "video-processing-update")
             .filter_map(|(_, d)| d["phase"].as_str())
             .collect();
-        let order = ["Pending", "Running", "Succeeded"];
+        let order = ["Uploading", "Pending", "Running", "Succeeded"];
         let steps: Vec<usize> = phases
             .iter()
             .map(|p| order.iter().position(|o| o == p).unwrap_or(usize::MAX))
@@ -340,8 +374,8 @@ async fn the_same_stop_twice_or_on_two_replicas_at_once_creates_one_recording_jo
     assert_eq!(spec.room_id, room);
     assert_eq!(spec.tracks.len(), 1);
     assert_eq!(
-        spec.tracks[0].source.chunk_count as usize,
-        recording_chunks().await.len()
+        spec.tracks[0].source.chunk_count, None,
+        "a stop leaves the track for its page to seal"
     );
 
     // Someone deletes the unfinished RecordingJob by hand: the room hears that processing was
@@ -779,71 +813,130 @@ async fn bad_input_is_refused_by_name_and_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_long_recording_is_listed_across_pages_and_a_gap_is_kept_for_the_worker_to_name() {
+async fn a_seal_is_checked_against_every_page_of_storage_and_a_wrong_one_names_the_chunk() {
     let world = World::new(&[("never:test", "exit 1")]).await;
     let api = ApiServer::start(&world, &[]).await;
     let (room, host, invite) = api.create_room().await;
-    let (guest_id, _) = api.join(&invite, "Guest").await;
+    let (guest_id, guest) = api.join(&invite, "Guest").await;
+    let (late_id, late) = api.join(&invite, "Late").await;
     let (_, started) = api
         .post(&format!("/api/rooms/{room}/recordings"), Some(&host), None)
         .await;
     let rec = started["recordingId"].as_str().expect("id").to_string();
-    // More chunks than one listing page holds (1,000), as a 20-minute track has; the guest's
-    // track has a hole at 3 (a chunk that never arrived).
+    // More chunks than one listing page holds (1,000), as a 20-minute track has; chunk 3 never
+    // arrived and chunk 7 arrived empty.
     let s3 = world.s3.client();
-    let mut puts = tokio::task::JoinSet::new();
-    for seq in 0..1205u32 {
-        let key = format!("riverside/chunks/{room}/{rec}/h-long/{seq:08}.webm");
+    let put = |seq: u32, body: Vec<u8>| {
         let (s3, bucket) = (s3.clone(), world.bucket.clone());
-        puts.spawn(async move {
+        let key = format!("riverside/chunks/{room}/{rec}/{guest_id}/{seq:08}.webm");
+        async move {
             s3.put_object()
                 .bucket(bucket)
                 .key(key)
-                .body(vec![1u8; 16].into())
+                .body(body.into())
                 .send()
                 .await
-        });
-        if puts.len() >= 32 {
-            puts.join_next()
-                .await
-                .expect("a put")
-                .expect("joined")
                 .expect("put a chunk");
         }
+    };
+    let mut puts = tokio::task::JoinSet::new();
+    for seq in (0..1205u32).filter(|s| *s != 3) {
+        puts.spawn(put(seq, if seq == 7 { Vec::new() } else { vec![1u8; 16] }));
+        if puts.len() >= 32 {
+            puts.join_next().await.expect("a put").expect("joined");
+        }
     }
-    for seq in [0u32, 1, 2, 4] {
-        let key = format!("riverside/chunks/{room}/{rec}/{guest_id}/{seq:08}.webm");
-        puts.spawn({
-            let (s3, bucket) = (s3.clone(), world.bucket.clone());
-            async move {
-                s3.put_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .body(vec![1u8; 16].into())
-                    .send()
-                    .await
-            }
-        });
+    while let Some(done) = puts.join_next().await {
+        done.expect("joined");
     }
-    while let Some(put) = puts.join_next().await {
-        put.expect("joined").expect("put a chunk");
-    }
+
+    let (status, early) = api.seal(&guest, &rec, 1205).await;
+    assert_eq!(
+        (status, early["code"].as_str()),
+        (409, Some("not_stopped")),
+        "{early}"
+    );
     let (status, stopped) = api
         .post(&format!("/api/recordings/{rec}/stop"), Some(&host), None)
         .await;
     assert_eq!(status, 201, "{stopped}");
-    let jobs = recording_jobs(&world).await;
-    let tracks: Vec<(String, u32)> = jobs[0]
+
+    // Each wrong seal is refused with the first chunk at fault; the page fixes it and seals again.
+    let refusals = [
+        (1205, "chunk_missing", 3, "chunk 00000003"),
+        (1205, "chunk_empty", 7, "chunk 00000007"),
+        (1204, "chunk_count_mismatch", 1204, "chunk 00001204"),
+    ];
+    for (count, code, chunk, named) in refusals {
+        let (status, refused) = api.seal(&guest, &rec, count).await;
+        assert_eq!(status, 409, "{refused}");
+        assert_eq!(refused["code"], code, "{refused}");
+        assert_eq!(refused["chunk"], chunk, "{refused}");
+        let detail = refused["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(named), "{detail}");
+        match code {
+            "chunk_missing" => put(3, vec![1u8; 16]).await,
+            "chunk_empty" => put(7, vec![1u8; 16]).await,
+            _ => {}
+        }
+        let rj = &recording_jobs(&world).await[0];
+        assert_eq!(
+            rj.spec.tracks[0].source.chunk_count, None,
+            "a refused seal changes nothing"
+        );
+    }
+    // A participant whose first chunk landed after the stop is added, sealed, while the
+    // recording still waits for uploads (the guest's track is still open).
+    let (status, url) = api
+        .post(
+            &format!("/api/recordings/{rec}/chunks/0/upload-url"),
+            Some(&late),
+            Some(json!({"size": 16})),
+        )
+        .await;
+    assert_eq!(status, 200, "{url}");
+    assert_eq!(put_chunk(&url, vec![2u8; 16]).await.0, 200);
+    let (status, added) = api.seal(&late, &rec, 1).await;
+    assert_eq!(status, 200, "{added}");
+    let (status, sealed) = api.seal(&guest, &rec, 1205).await;
+    assert_eq!(status, 200, "{sealed}");
+    assert_eq!(sealed["alreadySealed"], false, "{sealed}");
+    // A retry after success is answered as done; another count is not.
+    let (status, again) = api.seal(&guest, &rec, 1205).await;
+    assert_eq!((status, &again["alreadySealed"]), (200, &json!(true)), "{again}");
+    let (status, other) = api.seal(&guest, &rec, 1206).await;
+    assert_eq!((status, other["code"].as_str()), (409, Some("already_sealed")), "{other}");
+    // A bad body is named.
+    let (status, bad) = api
+        .post(
+            &format!("/api/recordings/{rec}/tracks/complete"),
+            Some(&guest),
+            Some(json!({"chunkCount": -1})),
+        )
+        .await;
+    assert_eq!(status, 400, "{bad}");
+    let (status, zero) = api.seal(&guest, &rec, 0).await;
+    assert_eq!((status, zero["code"].as_str()), (400, Some("bad_request")), "{zero}");
+
+    let rj = &recording_jobs(&world).await[0];
+    let tracks: Vec<(String, Option<u32>)> = rj
         .spec
         .tracks
         .iter()
         .map(|t| (t.participant_id.clone(), t.source.chunk_count))
         .collect();
-    let mut want = vec![("h-long".to_string(), 1205), (guest_id.clone(), 5)];
-    want.sort();
     assert_eq!(
-        tracks, want,
-        "every chunk counted, the gap left for the worker to name"
+        tracks,
+        [(guest_id.clone(), Some(1205)), (late_id.clone(), Some(1))],
+        "the seal landed on the RecordingJob and the late participant was added"
+    );
+    assert_eq!(
+        rj.spec.tracks[1].source.prefix,
+        format!("riverside/chunks/{room}/{rec}/{late_id}/")
+    );
+    assert_eq!(
+        api.metric("mixdown_api_seals_total{result=\"sealed\"}").await,
+        Some(2.0)
     );
 }
 

@@ -197,6 +197,51 @@ impl ApiServer {
         )
     }
 
+    /// Uploads chunks `seqs` of `chunks` as the token's track, presign, PUT, confirm, with
+    /// `pause` before each: a page on a slow connection.
+    pub async fn upload_some(
+        &self,
+        token: &str,
+        recording: &str,
+        chunks: &[Vec<u8>],
+        seqs: impl IntoIterator<Item = usize>,
+        pause: Duration,
+    ) {
+        for seq in seqs {
+            tokio::time::sleep(pause).await;
+            let chunk = &chunks[seq];
+            let (status, url) = self
+                .post(
+                    &format!("/api/recordings/{recording}/chunks/{seq}/upload-url"),
+                    Some(token),
+                    Some(json!({"size": chunk.len(), "contentType": "video/webm;codecs=vp8,opus"})),
+                )
+                .await;
+            assert_eq!(status, 200, "presigning chunk {seq}: {url}");
+            let put = put_chunk(&url, chunk.clone()).await;
+            assert_eq!(put.0, 200, "uploading chunk {seq}: {}", put.1);
+            let (status, confirmed) = self
+                .post(
+                    &format!("/api/recordings/{recording}/chunks/{seq}/confirm"),
+                    Some(token),
+                    Some(json!({"size": chunk.len()})),
+                )
+                .await;
+            assert_eq!(status, 200, "confirming chunk {seq}: {confirmed}");
+        }
+    }
+
+    /// Seals the token's track with `chunk_count` chunks over REST, as a page does once its
+    /// upload queue drained.
+    pub async fn seal(&self, token: &str, recording: &str, chunk_count: usize) -> (u16, Value) {
+        self.post(
+            &format!("/api/recordings/{recording}/tracks/complete"),
+            Some(token),
+            Some(json!({ "chunkCount": chunk_count })),
+        )
+        .await
+    }
+
     /// Uploads `chunks` as the token's track the way a page does: presign, PUT, confirm.
     pub async fn upload(&self, token: &str, recording: &str, chunks: &[Vec<u8>]) {
         for (seq, chunk) in chunks.iter().enumerate() {
