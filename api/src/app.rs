@@ -514,6 +514,12 @@ impl AppState {
         let marker = self.recording(claims, recording_id).await?;
         let participant = claims.participant();
         let count = req.chunk_count;
+        if count == 0 || count > crate::seal::MAX_CHUNK_COUNT {
+            return Err(ApiError::bad_request(format!(
+                "chunkCount must be 1 to {}; it is {count}",
+                crate::seal::MAX_CHUNK_COUNT
+            )));
+        }
         let prefix = self
             .storage
             .layout
@@ -551,7 +557,10 @@ impl AppState {
                 let listing = self
                     .storage
                     .list_chunks(
-                        &self.storage.layout.recording_chunks(&marker.room_id, recording_id),
+                        &self
+                            .storage
+                            .layout
+                            .recording_chunks(&marker.room_id, recording_id),
                         Some(participant),
                     )
                     .await

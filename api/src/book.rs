@@ -63,7 +63,10 @@ impl View {
         // Not judged by the operator yet: what it will say first.
         let phase = status
             .phase
-            .map_or(if unsealed { "Uploading" } else { "Pending" }, mixdown_crds::Phase::as_str)
+            .map_or(
+                if unsealed { "Uploading" } else { "Pending" },
+                mixdown_crds::Phase::as_str,
+            )
             .to_string();
         let finished = status.phase.is_some_and(mixdown_crds::Phase::is_finished);
         View {

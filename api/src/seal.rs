@@ -164,16 +164,66 @@ mod tests {
 
     #[test]
     fn a_seal_must_match_storage_and_names_the_first_chunk_at_fault() {
-        let rows: [(&str, u32, &[u32], &[u32], Option<(&str, Option<u32>)>); 9] = [
+        // name, count, stored, empty, the refusal (code, chunk) or None
+        type Row<'a> = (
+            &'a str,
+            u32,
+            &'a [u32],
+            &'a [u32],
+            Option<(&'a str, Option<u32>)>,
+        );
+        let rows: [Row; 9] = [
             ("all there", 3, &[0, 1, 2], &[], None),
-            ("the last one missing", 3, &[0, 1], &[], Some(("chunk_missing", Some(2)))),
-            ("the first one missing", 3, &[1, 2], &[], Some(("chunk_missing", Some(0)))),
-            ("a gap", 5, &[0, 1, 3, 4], &[], Some(("chunk_missing", Some(2)))),
-            ("an empty chunk", 3, &[0, 2], &[1], Some(("chunk_empty", Some(1)))),
-            ("more than sealed", 2, &[0, 1, 2], &[], Some(("chunk_count_mismatch", Some(2)))),
-            ("an empty one beyond", 2, &[0, 1], &[5], Some(("chunk_count_mismatch", Some(5)))),
+            (
+                "the last one missing",
+                3,
+                &[0, 1],
+                &[],
+                Some(("chunk_missing", Some(2))),
+            ),
+            (
+                "the first one missing",
+                3,
+                &[1, 2],
+                &[],
+                Some(("chunk_missing", Some(0))),
+            ),
+            (
+                "a gap",
+                5,
+                &[0, 1, 3, 4],
+                &[],
+                Some(("chunk_missing", Some(2))),
+            ),
+            (
+                "an empty chunk",
+                3,
+                &[0, 2],
+                &[1],
+                Some(("chunk_empty", Some(1))),
+            ),
+            (
+                "more than sealed",
+                2,
+                &[0, 1, 2],
+                &[],
+                Some(("chunk_count_mismatch", Some(2))),
+            ),
+            (
+                "an empty one beyond",
+                2,
+                &[0, 1],
+                &[5],
+                Some(("chunk_count_mismatch", Some(5))),
+            ),
             ("a zero count", 0, &[], &[], Some(("bad_request", None))),
-            ("too many", MAX_CHUNK_COUNT + 1, &[], &[], Some(("bad_request", None))),
+            (
+                "too many",
+                MAX_CHUNK_COUNT + 1,
+                &[],
+                &[],
+                Some(("bad_request", None)),
+            ),
         ];
         for (name, count, stored, empty, want) in rows {
             let got = code_and_chunk(check_against_storage("g-1", count, stored, empty));

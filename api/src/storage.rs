@@ -184,7 +184,11 @@ impl Storage {
                 }
             }
         }
-        for seqs in listing.tracks.values_mut().chain(listing.empty.values_mut()) {
+        for seqs in listing
+            .tracks
+            .values_mut()
+            .chain(listing.empty.values_mut())
+        {
             seqs.sort_unstable();
             seqs.dedup();
         }

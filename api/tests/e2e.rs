@@ -248,7 +248,9 @@ async fn every_replica_tells_its_sockets_once_and_a_killed_one_loses_nothing() {
         .await;
     assert_eq!(sealed["ok"], true, "{sealed}");
     clients
-        .wait_event("g2", "video-processing-update", WAIT, |e| e["phase"] == "Running")
+        .wait_event("g2", "video-processing-update", WAIT, |e| {
+            e["phase"] == "Running"
+        })
         .await;
 
     // Replica a dies while the worker is still starting.
@@ -903,9 +905,17 @@ async fn a_seal_is_checked_against_every_page_of_storage_and_a_wrong_one_names_t
     assert_eq!(sealed["alreadySealed"], false, "{sealed}");
     // A retry after success is answered as done; another count is not.
     let (status, again) = api.seal(&guest, &rec, 1205).await;
-    assert_eq!((status, &again["alreadySealed"]), (200, &json!(true)), "{again}");
+    assert_eq!(
+        (status, &again["alreadySealed"]),
+        (200, &json!(true)),
+        "{again}"
+    );
     let (status, other) = api.seal(&guest, &rec, 1206).await;
-    assert_eq!((status, other["code"].as_str()), (409, Some("already_sealed")), "{other}");
+    assert_eq!(
+        (status, other["code"].as_str()),
+        (409, Some("already_sealed")),
+        "{other}"
+    );
     // A bad body is named.
     let (status, bad) = api
         .post(
@@ -916,7 +926,11 @@ async fn a_seal_is_checked_against_every_page_of_storage_and_a_wrong_one_names_t
         .await;
     assert_eq!(status, 400, "{bad}");
     let (status, zero) = api.seal(&guest, &rec, 0).await;
-    assert_eq!((status, zero["code"].as_str()), (400, Some("bad_request")), "{zero}");
+    assert_eq!(
+        (status, zero["code"].as_str()),
+        (400, Some("bad_request")),
+        "{zero}"
+    );
 
     let rj = &recording_jobs(&world).await[0];
     let tracks: Vec<(String, Option<u32>)> = rj
@@ -935,7 +949,8 @@ async fn a_seal_is_checked_against_every_page_of_storage_and_a_wrong_one_names_t
         format!("riverside/chunks/{room}/{rec}/{late_id}/")
     );
     assert_eq!(
-        api.metric("mixdown_api_seals_total{result=\"sealed\"}").await,
+        api.metric("mixdown_api_seals_total{result=\"sealed\"}")
+            .await,
         Some(2.0)
     );
 }

@@ -77,7 +77,10 @@ async fn a_slow_guest_is_waited_for_and_every_second_recorded_is_in_the_file() {
         .await
         .expect("host connects");
     let ack = clients.emit_ack("host", "start_recording", json!({})).await;
-    let rec = ack["recordingId"].as_str().expect("recordingId").to_string();
+    let rec = ack["recordingId"]
+        .as_str()
+        .expect("recordingId")
+        .to_string();
     let name = recording_job_name(&rec);
 
     let chunks = recording(12, "320x240").await;
@@ -108,21 +111,32 @@ async fn a_slow_guest_is_waited_for_and_every_second_recorded_is_in_the_file() {
             })
             .await;
         let (status, reason, message) = uploads_condition(rj.status.as_ref().unwrap()).unwrap();
-        assert_eq!((status.as_str(), reason.as_str()), ("False", "WaitingForUploads"));
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "WaitingForUploads")
+        );
         assert!(message.contains(&guest_id), "{message}");
-        assert!(jobs(&world).await.is_empty(), "no Job while a track is open");
+        assert!(
+            jobs(&world).await.is_empty(),
+            "no Job while a track is open"
+        );
         // The host sees who is still uploading, and that it is not them.
         let update = clients
             .wait_event("host", "video-processing-update", WAIT, |e| {
                 e["phase"] == "Uploading"
                     && e["tracks"].as_array().is_some_and(|t| {
                         t.iter().any(|t| t["sealed"] == true)
-                            && t.iter()
-                                .any(|t| t["participantId"] == guest_id.as_str() && t["sealed"] == false)
+                            && t.iter().any(|t| {
+                                t["participantId"] == guest_id.as_str() && t["sealed"] == false
+                            })
                     })
             })
             .await;
-        assert_eq!(update["tracks"].as_array().map(Vec::len), Some(2), "{update}");
+        assert_eq!(
+            update["tracks"].as_array().map(Vec::len),
+            Some(2),
+            "{update}"
+        );
         clients
             .wait_event("host", "upload-progress", WAIT, |e| {
                 e["participantId"] == guest_id.as_str() && e["confirmed"].as_u64() > Some(2)
@@ -160,13 +174,22 @@ async fn a_slow_guest_is_waited_for_and_every_second_recorded_is_in_the_file() {
         Some(&Phase::Uploading),
         "phases: {phases:?}"
     );
-    assert_eq!(distinct.last(), Some(&Phase::Succeeded), "phases: {phases:?}");
+    assert_eq!(
+        distinct.last(),
+        Some(&Phase::Succeeded),
+        "phases: {phases:?}"
+    );
     assert!(
         !distinct[1..].contains(&Phase::Uploading),
         "Uploading comes once, first: {phases:?}"
     );
     assert_eq!(jobs(&world).await.len(), 1);
-    let events = events_of(&world, &name, &["WaitingForUploads", "AllTracksSealed", "Succeeded"]).await;
+    let events = events_of(
+        &world,
+        &name,
+        &["WaitingForUploads", "AllTracksSealed", "Succeeded"],
+    )
+    .await;
     let created = events.iter().filter(|(_, r, _)| r == "JobCreated").count();
     assert_eq!(created, 1, "{events:#?}");
 }
@@ -214,8 +237,14 @@ async fn a_guest_that_never_seals_is_processed_from_what_arrived_and_the_rest_is
     let status = rj.status.clone().unwrap();
     assert_eq!(status.phase, Some(Phase::Succeeded), "{status:#?}");
     let (sealed, reason, message) = uploads_condition(&status).unwrap();
-    assert_eq!((sealed.as_str(), reason.as_str()), ("False", "UploadTimeout"));
-    assert!(message.contains(&format!("not sealed: {guest_id}")), "{message}");
+    assert_eq!(
+        (sealed.as_str(), reason.as_str()),
+        ("False", "UploadTimeout")
+    );
+    assert!(
+        message.contains(&format!("not sealed: {guest_id}")),
+        "{message}"
+    );
     let complete = status
         .conditions
         .iter()
@@ -223,7 +252,7 @@ async fn a_guest_that_never_seals_is_processed_from_what_arrived_and_the_rest_is
         .expect("Complete");
     assert!(
         complete.message.contains(&format!(
-            "track {guest_id} was not sealed: its file holds chunks 00000000.webm to 00000004.webm; 00000005.webm was missing, so the 2 chunk(s) after it were left out and kept in storage"
+            "track {guest_id} was not sealed: its file holds chunks 00000000.webm to 00000004.webm; 00000005.webm was missing or empty, so the 2 chunk(s) after it were left out and kept in storage"
         )),
         "{}",
         complete.message
@@ -298,7 +327,10 @@ async fn a_guest_that_never_seals_is_processed_from_what_arrived_and_the_rest_is
         "{late}"
     );
     assert_eq!(
-        world.keys(&format!("riverside/chunks/{room}/{rec}/")).await.len(),
+        world
+            .keys(&format!("riverside/chunks/{room}/{rec}/"))
+            .await
+            .len(),
         2
     );
 }
@@ -329,7 +361,9 @@ async fn killing_the_operator_and_a_replica_while_uploading_loses_no_seal() {
         .await;
     assert_eq!(status, 201, "{stopped}");
     world
-        .wait_rj(&name, WAIT, "Uploading", |s| s.phase == Some(Phase::Uploading))
+        .wait_rj(&name, WAIT, "Uploading", |s| {
+            s.phase == Some(Phase::Uploading)
+        })
         .await;
 
     // The operator dies; the guest seals through b, then replica a dies and the host seals
@@ -349,11 +383,17 @@ async fn killing_the_operator_and_a_replica_while_uploading_loses_no_seal() {
     let rjs: Api<RecordingJob> = world.rjs();
     let rj = rjs.get(&name).await.expect("the RecordingJob");
     assert!(
-        rj.spec.tracks.iter().all(|t| t.source.chunk_count == Some(6)),
+        rj.spec
+            .tracks
+            .iter()
+            .all(|t| t.source.chunk_count == Some(6)),
         "both seals landed: {:?}",
         rj.spec.tracks
     );
-    assert_eq!(rj.status.as_ref().and_then(|s| s.phase), Some(Phase::Uploading));
+    assert_eq!(
+        rj.status.as_ref().and_then(|s| s.phase),
+        Some(Phase::Uploading)
+    );
     assert!(jobs(&world).await.is_empty(), "no operator, no Job");
 
     // A new operator starts it, once.

@@ -20,7 +20,6 @@ use serde::{Deserialize, Serialize};
 pub use naming::{is_valid_id, recording_job_name};
 pub use report::{WorkerJob, WorkerReport};
 
-
 /// What ids (`roomId`, `recordingId`, `participantId`) may look like: safe in object keys, URLs
 /// and label values.
 pub const ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
@@ -391,7 +390,7 @@ impl RecordingOutput {
         Some(match &self.left_out {
             None => format!("{made}, all that storage held"),
             Some(left) => format!(
-                "{made}; {:08}.webm was missing, so the {} chunk(s) after it were left out and kept in storage",
+                "{made}; {:08}.webm was missing or empty, so the {} chunk(s) after it were left out and kept in storage",
                 left.missing_chunk, left.chunks_kept
             ),
         })

@@ -21,9 +21,9 @@ const AFTER_HELP: &str = "\
 Credentials come from the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, \
 AWS_SESSION_TOKEN) or the other sources of the AWS SDK's default chain.
 
-Exit codes: 0 every output written and verified; 2 bad input (no chunks, a gap, a wrong count, an \
-unreadable chunk, an invalid job): retrying will not help; 1 anything else (storage, ffmpeg, \
-verification): transient, retry.
+Exit codes: 0 every output written and verified; 2 bad input (no chunks, a missing first chunk, \
+a gap or a wrong count in a sealed track, an unreadable chunk, an invalid job): retrying will not \
+help; 1 anything else (storage, ffmpeg, verification): transient, retry.
 
 Log verbosity: RUST_LOG (default info), e.g. RUST_LOG=mixdown_worker=debug.
 
@@ -37,8 +37,8 @@ Example, by hand:
 #[command(name = "mixdown-worker", version, about = ABOUT, after_help = AFTER_HELP)]
 pub struct Args {
     /// The job as JSON (a WorkerJob: roomId, recordingId, tracks[{participantId,
-    /// source{prefix, chunkCount}}], output{prefix, profile: mp4|webm|audio},
-    /// cleanup{deleteChunks}). Set by the operator.
+    /// source{prefix, chunkCount (unset: not sealed, processed up to its first gap)}}],
+    /// output{prefix, profile: mp4|webm|audio}, cleanup{deleteChunks}). Set by the operator.
     #[arg(long, env = env::JOB, hide_env_values = true, value_name = "JSON")]
     pub job: Option<String>,
 

@@ -2,8 +2,9 @@
 //! [`mixdown_crds::names::reasons`]) and its exit code, which tells the Job controller whether a
 //! retry can help.
 //!
-//! Bad input (no chunks, a gap, a wrong count, a chunk ffmpeg cannot read, a job that cannot be
-//! parsed) exits with [`exit_codes::BAD_INPUT`]: the same chunks would fail the same way again.
+//! Bad input (no chunks, a missing first chunk, a gap or a wrong count in a sealed track, a chunk
+//! ffmpeg cannot read, a job that cannot be parsed) exits with [`exit_codes::BAD_INPUT`]: the same
+//! chunks would fail the same way again.
 //! Everything else (storage, ffmpeg, scratch space, verification) is transient and exits with
 //! [`exit_codes::TRANSIENT`], so the Job retries it.
 
@@ -22,7 +23,8 @@ pub enum WorkerError {
     #[error("track {participant}: no chunks under {prefix}")]
     NoChunks { participant: String, prefix: String },
 
-    /// A sequence number is missing (the first chunk, or a gap).
+    /// A sequence number is missing: the first chunk, or a gap in a sealed track. An unsealed
+    /// track's empty first chunk is missing too: its file would have nothing to start from.
     #[error("track {participant}: {detail}")]
     MissingChunk { participant: String, detail: String },
 

@@ -58,8 +58,11 @@ pub fn validate(job: &WorkerJob) -> Result<(), WorkerError> {
                 track.source.prefix
             ));
         }
-        if track.source.chunk_count == 0 {
-            return invalid(format!("track {participant} has chunkCount 0"));
+        // Unset is an unsealed track, processed from what storage holds; a seal says at least 1.
+        if track.source.chunk_count == Some(0) {
+            return invalid(format!(
+                "track {participant} has chunkCount 0; a sealed track has at least 1 chunk"
+            ));
         }
     }
     Ok(())
@@ -107,7 +110,22 @@ mod tests {
         let job = parse(&job_json(ALICE, "riverside/processed/room1/rec_1/")).expect("valid");
         assert_eq!(job.output.profile, Profile::Webm);
         assert!(job.cleanup.delete_chunks, "deleteChunks defaults to true");
-        assert_eq!(job.tracks[0].source.chunk_count, 3);
+        assert_eq!(job.tracks[0].source.chunk_count, Some(3));
+        assert!(job.tracks[0].is_sealed());
+    }
+
+    #[test]
+    fn a_track_without_chunk_count_is_unsealed_and_valid() {
+        let bob =
+            r#"{"participantId":"bob","source":{"prefix":"riverside/chunks/room1/rec_1/bob/"}}"#;
+        let job = parse(&job_json(&format!("{ALICE},{bob}"), "out/")).expect("valid");
+        assert_eq!(job.tracks[1].source.chunk_count, None);
+        assert!(!job.tracks[1].is_sealed());
+        assert!(job.tracks[0].is_sealed());
+        // An explicit null is unsealed too.
+        let null = r#"{"participantId":"bob","source":{"prefix":"p/","chunkCount":null}}"#;
+        let job = parse(&job_json(null, "out/")).expect("valid");
+        assert_eq!(job.tracks[0].source.chunk_count, None);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! 2. list every track's chunks and check them, before any work ([`chunks`]);
 //! 3. process the tracks, a few at once, each streaming through its own ffmpeg into a multipart
 //!    upload ([`track`], [`upload`]), reporting progress all along ([`progress`]);
-//! 4. verify every output, and only then delete the chunks;
+//! 4. verify every output, and only then delete the chunks that went into them (an unsealed
+//!    track's chunks after its first gap are kept);
 //! 5. report the outputs or the one error ([`error`]) on the termination message ([`report`]).
 #![forbid(unsafe_code)]
 
@@ -190,6 +191,8 @@ async fn process_job(
     }
 
     if job.cleanup.delete_chunks {
+        // Only the chunks in the files: an unsealed track's chunks after its gap stay, for
+        // someone to look at (the report counts them).
         let keys: Vec<String> = plans
             .iter()
             .flat_map(|plan| plan.chunks.iter().map(|c| c.key.clone()))
@@ -211,15 +214,26 @@ async fn plan_track(
 ) -> Result<TrackPlan, WorkerError> {
     let prefix = chunks::dir_prefix(&track.source.prefix);
     let listed = storage.list(&prefix).await?;
-    let chunks = chunks::plan(
+    let planned = chunks::plan(
         &track.participant_id,
         &prefix,
         listed,
         track.source.chunk_count,
     )?;
+    if !track.is_sealed() {
+        tracing::info!(
+            participant = %track.participant_id,
+            chunks = planned.chunks.len(),
+            missing_chunk = planned.left_out.as_ref().map(|l| l.missing_chunk),
+            chunks_kept = planned.left_out.as_ref().map_or(0, |l| l.chunks_kept),
+            "track not sealed: processing its chunks from 00000000.webm up to the first one missing or empty"
+        );
+    }
     Ok(TrackPlan {
         participant: track.participant_id.clone(),
-        chunks,
+        chunks: planned.chunks,
+        sealed: track.is_sealed(),
+        left_out: planned.left_out,
         output_key: job::output_key(
             &job.output.prefix,
             &track.participant_id,

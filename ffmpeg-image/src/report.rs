@@ -3,7 +3,9 @@
 //! Kubernetes keeps at most 4096 bytes of a termination message and cuts the rest, which would
 //! leave JSON that no longer parses. So the report is made to fit: durations are rounded to the
 //! millisecond, a failure message is shortened, and if many long keys still do not fit, the
-//! outputs that do are kept (the log has them all).
+//! outputs that do are kept (the log has them all). Sealed tracks' outputs go first: an unsealed
+//! track's output is the only place that says its file may be short and which chunks were kept
+//! in storage, while a sealed track's key follows from the spec.
 
 use std::path::Path;
 
@@ -24,7 +26,11 @@ pub fn render(report: &WorkerReport) -> String {
                 let WorkerReport::Succeeded { outputs } = &mut report else {
                     unreachable!()
                 };
-                let Some(dropped) = outputs.pop() else { break };
+                let last_sealed = outputs.iter().rposition(|o| o.sealed);
+                let Some(index) = last_sealed.or(outputs.len().checked_sub(1)) else {
+                    break;
+                };
+                let dropped = outputs.remove(index);
                 tracing::warn!(key = %dropped.key, "output left out of the termination message, which holds 4096 bytes");
             }
         }
@@ -80,14 +86,30 @@ pub fn write(path: &Path, json: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mixdown_crds::RecordingOutput;
+    use mixdown_crds::{LeftOut, RecordingOutput};
 
+    /// Output `i`; every other one is of an unsealed track with chunks left out, the largest
+    /// shape an output has.
     fn output(i: usize, key_len: usize) -> RecordingOutput {
+        let sealed = i.is_multiple_of(2);
         RecordingOutput {
             participant_id: format!("participant-{i}"),
             key: format!("{}/{i}.mp4", "k".repeat(key_len)),
             size_bytes: 123_456_789,
             duration_seconds: 1_799.123_456_7,
+            sealed,
+            chunks: Some(if sealed { 1_800 } else { 999_999 }),
+            left_out: (!sealed).then_some(LeftOut {
+                missing_chunk: 999_999,
+                chunks_kept: 999_999,
+            }),
+        }
+    }
+
+    fn parsed_outputs(json: &str) -> Vec<RecordingOutput> {
+        match serde_json::from_str(json).expect("parses") {
+            WorkerReport::Succeeded { outputs } => outputs,
+            other => panic!("{other:?}"),
         }
     }
 
@@ -97,12 +119,12 @@ mod tests {
             outputs: vec![output(1, 40)],
         };
         let json = render(&report);
-        let parsed: WorkerReport = serde_json::from_str(&json).expect("parses");
-        let WorkerReport::Succeeded { outputs } = parsed else {
-            panic!("{json}")
-        };
+        let outputs = parsed_outputs(&json);
         assert_eq!(outputs.len(), 1);
         assert_eq!(outputs[0].duration_seconds, 1799.123);
+        assert!(!outputs[0].sealed, "{json}");
+        assert_eq!(outputs[0].chunks, Some(999_999));
+        assert_eq!(outputs[0].left_out, output(1, 40).left_out);
     }
 
     #[test]
@@ -112,12 +134,88 @@ mod tests {
         };
         let json = render(&report);
         assert!(json.len() <= MAX_BYTES, "{}", json.len());
-        let parsed: WorkerReport = serde_json::from_str(&json).expect("parses");
-        let WorkerReport::Succeeded { outputs } = parsed else {
-            panic!()
-        };
+        let outputs = parsed_outputs(&json);
         assert!(!outputs.is_empty() && outputs.len() < 32);
-        assert_eq!(outputs[0].participant_id, "participant-0");
+        // The outputs kept are whole, every field as given (durations rounded), in order; the
+        // unsealed tracks' (the odd ones) are kept before any sealed one.
+        let mut previous = None;
+        for kept in &outputs {
+            let i: usize = kept.participant_id["participant-".len()..]
+                .parse()
+                .expect("index");
+            let mut given = output(i, 300);
+            given.duration_seconds = 1799.123;
+            assert_eq!(*kept, given);
+            assert!(previous < Some(i), "out of order: {json}");
+            previous = Some(i);
+        }
+        let unsealed = outputs.iter().filter(|o| !o.sealed).count();
+        assert!(
+            unsealed == 16 || outputs.iter().all(|o| !o.sealed),
+            "a sealed output was kept while an unsealed one was dropped: {json}"
+        );
+    }
+
+    #[test]
+    fn unsealed_outputs_are_the_last_to_be_left_out() {
+        // Sealed outputs 0 to 29, two unsealed ones at the end: the cut takes sealed ones.
+        let outputs: Vec<RecordingOutput> = (0..32)
+            .map(|i| {
+                let mut output = output(i, 200);
+                output.duration_seconds = 1.5;
+                if i < 30 {
+                    output.sealed = true;
+                    output.left_out = None;
+                } else {
+                    output.sealed = false;
+                }
+                output
+            })
+            .collect();
+        let json = render(&WorkerReport::Succeeded {
+            outputs: outputs.clone(),
+        });
+        assert!(json.len() <= MAX_BYTES, "{}", json.len());
+        let kept = parsed_outputs(&json);
+        assert!(kept.len() > 2 && kept.len() < 32, "{}", kept.len());
+        let sealed = kept.len() - 2;
+        assert_eq!(kept[..sealed], outputs[..sealed]);
+        assert_eq!(kept[sealed..], outputs[30..]);
+    }
+
+    #[test]
+    fn thirty_two_tracks_with_the_longest_ids_fit_as_far_as_they_can() {
+        // Ids of 64 characters, the most the schema allows, in DESIGN.md's output layout; all
+        // sealed, then all unsealed with chunks left out (the largest an output gets).
+        let id = |c: char, i: usize| format!("{}{i:02}", c.to_string().repeat(62));
+        for sealed in [true, false] {
+            let outputs: Vec<RecordingOutput> = (0..32)
+                .map(|i| {
+                    let mut output = output(if sealed { 0 } else { 1 }, 0);
+                    output.duration_seconds = 1799.5;
+                    output.participant_id = id('p', i);
+                    output.key = format!(
+                        "riverside/processed/{}/{}/{}.mp4",
+                        id('r', 0),
+                        id('c', 0),
+                        output.participant_id
+                    );
+                    output
+                })
+                .collect();
+            let json = render(&WorkerReport::Succeeded {
+                outputs: outputs.clone(),
+            });
+            assert!(json.len() <= MAX_BYTES, "{}", json.len());
+            let kept = parsed_outputs(&json);
+            assert!(kept.len() >= 8, "sealed {sealed}: only {} fit", kept.len());
+            assert_eq!(kept[..], outputs[..kept.len()], "sealed {sealed}");
+            // As many as fit: one more would not.
+            let one_more = to_json(&WorkerReport::Succeeded {
+                outputs: outputs[..=kept.len()].to_vec(),
+            });
+            assert!(one_more.len() > MAX_BYTES, "{}", one_more.len());
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt};
-use mixdown_crds::{Profile, RecordingOutput};
+use mixdown_crds::{LeftOut, Profile, RecordingOutput};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio_util::sync::CancellationToken;
@@ -67,7 +67,13 @@ pub struct Context {
 #[derive(Debug, Clone)]
 pub struct TrackPlan {
     pub participant: String,
+    /// The chunks to feed, and the only ones deleted once every output is verified: for an
+    /// unsealed track its run from chunk 0, never the chunks left out after it.
     pub chunks: Vec<Chunk>,
+    /// Whether the uploader sealed the track (the job gave its `chunkCount`).
+    pub sealed: bool,
+    /// What an unsealed track left out of its file ([`chunks::TrackChunks::left_out`]).
+    pub left_out: Option<LeftOut>,
     pub output_key: String,
 }
 
@@ -241,12 +247,25 @@ async fn process_inner(
         elapsed_seconds = started.elapsed().as_secs_f64(),
         "output uploaded and verified"
     );
-    Ok(RecordingOutput {
+    let output = RecordingOutput {
         participant_id: plan.participant.clone(),
         key: plan.output_key.clone(),
         size_bytes: i64::try_from(size).unwrap_or(i64::MAX),
         duration_seconds: duration,
-    })
+        sealed: plan.sealed,
+        chunks: Some(u32::try_from(plan.chunks.len()).unwrap_or(u32::MAX)),
+        left_out: plan.left_out.clone(),
+    };
+    // A file made without its uploader's seal may be shorter than the recording: worth a line
+    // in the log whether or not chunks were left out.
+    if let Some(note) = output.unsealed_note() {
+        tracing::warn!(
+            missing_chunk = output.left_out.as_ref().map(|l| l.missing_chunk),
+            chunks_kept = output.left_out.as_ref().map_or(0, |l| l.chunks_kept),
+            "{note}"
+        );
+    }
+    Ok(output)
 }
 
 /// The chunks' bytes, in order, with up to `download_ahead` downloads running at once. Each

@@ -479,7 +479,7 @@ async fn upload_chunks(
     }
 }
 
-/// The job the operator would hand the worker for one track of `chunk_count` chunks.
+/// The job the operator would hand the worker for one track sealed with `chunk_count` chunks.
 fn mp4_job(chunk_count: usize) -> WorkerJob {
     WorkerJob {
         room_id: ROOM.into(),
@@ -488,7 +488,7 @@ fn mp4_job(chunk_count: usize) -> WorkerJob {
             participant_id: PARTICIPANT.into(),
             source: TrackSource {
                 prefix: chunk_prefix(),
-                chunk_count: u32::try_from(chunk_count).expect("chunk count"),
+                chunk_count: Some(u32::try_from(chunk_count).expect("chunk count")),
             },
         }],
         output: mixdown_crds::Output {
@@ -573,6 +573,9 @@ async fn turns_chunks_in_storage_into_a_checked_mp4() {
     assert_eq!(outputs.len(), 1, "{outputs:?}");
     assert_eq!(outputs[0].participant_id, PARTICIPANT);
     assert_eq!(outputs[0].key, key);
+    assert!(outputs[0].sealed, "{outputs:?}");
+    assert_eq!(outputs[0].chunks, Some(parts.len() as u32), "{outputs:?}");
+    assert_eq!(outputs[0].left_out, None, "{outputs:?}");
 
     // The file in storage is the one reported, and plays: H.264 and AAC, the recording's length,
     // the index in front of the media data.

@@ -1,6 +1,6 @@
 //! The worker as a process against the test kit's S3 server, on recordings generated with
 //! ffmpeg and split into one-second chunks like MediaRecorder's: each profile, two tracks, bad
-//! input, a storage outage mid-upload, progress, and the settings.
+//! input, unsealed tracks, a storage outage mid-upload, progress, and the settings.
 
 mod common;
 
@@ -65,8 +65,19 @@ fn output_key(recording: &str, participant: &str, ext: &str) -> String {
     format!("riverside/processed/{ROOM}/{recording}/{participant}.{ext}")
 }
 
-/// The report's outputs, checked against the object in storage.
+/// The report's outputs, checked against the object in storage; each lasts 30 s ± 0.5 s.
 async fn assert_reported(setup: &Setup, run: &WorkerRun, expected: &[(&str, &str)]) {
+    assert_reported_lasting(setup, run, expected, 30.0, 0.5).await;
+}
+
+/// [`assert_reported`] for outputs of `seconds` ± `tolerance`.
+async fn assert_reported_lasting(
+    setup: &Setup,
+    run: &WorkerRun,
+    expected: &[(&str, &str)],
+    seconds: f64,
+    tolerance: f64,
+) {
     let report = run
         .report
         .as_ref()
@@ -87,15 +98,55 @@ async fn assert_reported(setup: &Setup, run: &WorkerRun, expected: &[(&str, &str
         );
         let duration = output["durationSeconds"].as_f64().expect("durationSeconds");
         assert!(
-            (duration - 30.0).abs() <= 0.5,
-            "reported duration {duration}"
+            (duration - seconds).abs() <= tolerance,
+            "reported duration {duration}, expected {seconds} ± {tolerance}"
         );
+        // Every output says whether its track was sealed and how many chunks its file holds.
+        assert!(output["sealed"].is_boolean(), "sealed: {output}");
+        assert!(output["chunks"].as_u64().is_some(), "chunks: {output}");
     }
     assert_eq!(
         run.stdout.trim(),
         run.report_text.trim(),
         "the report is printed on stdout too"
     );
+}
+
+/// The report's output of `participant`: whether its track was sealed, how many chunks its file
+/// holds, and `(missingChunk, chunksKept)` of what was left out.
+fn assert_chunks_reported(
+    run: &WorkerRun,
+    participant: &str,
+    sealed: bool,
+    chunks: u64,
+    left_out: Option<(u64, u64)>,
+) {
+    let outputs = run
+        .report
+        .as_ref()
+        .and_then(|r| r["outputs"].as_array())
+        .unwrap_or_else(|| panic!("no outputs\n{}", run.explain()));
+    let output = outputs
+        .iter()
+        .find(|o| o["participantId"] == participant)
+        .unwrap_or_else(|| panic!("no output of {participant}\n{}", run.explain()));
+    assert_eq!(output["sealed"], sealed, "{output}");
+    assert_eq!(output["chunks"].as_u64(), Some(chunks), "{output}");
+    match left_out {
+        Some((missing, kept)) => {
+            assert_eq!(
+                output["leftOut"]["missingChunk"].as_u64(),
+                Some(missing),
+                "{output}"
+            );
+            assert_eq!(
+                output["leftOut"]["chunksKept"].as_u64(),
+                Some(kept),
+                "{output}"
+            );
+        }
+        None => assert!(output.get("leftOut").is_none(), "{output}"),
+    }
 }
 
 /// Plays from 0, lasts 30 s ± 0.5 s.
@@ -318,6 +369,8 @@ async fn two_tracks_in_one_job_both_come_out_right() -> anyhow::Result<()> {
         output_key("rec-two", "bob", "mp4"),
     ];
     assert_reported(&setup, &run, &[("alice", &keys[0]), ("bob", &keys[1])]).await;
+    assert_chunks_reported(&run, "alice", true, u64::from(alice_count), None);
+    assert_chunks_reported(&run, "bob", true, u64::from(bob_count), None);
     for key in &keys {
         let (probe, _) = probe_object(&setup.client, &setup.bucket, key, setup.dir.path()).await?;
         assert_eq!(probe.codec("video"), Some("h264"), "{key}: {probe:?}");
@@ -353,9 +406,9 @@ fn garbage(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// Runs the worker (webm profile, whose upload opens before ffmpeg starts) on damaged chunks and
-/// checks: exit 2, the reason, a message naming the problem, every chunk still there, no output,
-/// no incomplete upload.
+/// Runs the worker (webm profile, whose upload opens before ffmpeg starts) on damaged chunks of
+/// a track sealed with their count plus `count_delta`, and checks: exit 2, the reason, a message
+/// naming the problem, every chunk still there, no output, no incomplete upload.
 async fn bad_input(
     recording: &str,
     damage: Damage,
@@ -363,9 +416,20 @@ async fn bad_input(
     reason: &str,
     names: &str,
 ) -> anyhow::Result<()> {
+    bad_input_of(recording, damage, Some(count_delta), reason, names).await
+}
+
+/// [`bad_input`]; `count_delta` `None` leaves the track unsealed.
+async fn bad_input_of(
+    recording: &str,
+    damage: Damage,
+    count_delta: Option<i32>,
+    reason: &str,
+    names: &str,
+) -> anyhow::Result<()> {
     let setup = setup().await?;
     let mut chunks: Vec<Option<Vec<u8>>> = chunks(&VP8_30S)?.into_iter().map(Some).collect();
-    let confirmed = (chunks.len() as i32 + count_delta) as u32;
+    let confirmed = count_delta.map(|delta| (chunks.len() as i32 + delta) as u32);
     match damage {
         Damage::Remove(i) => chunks[i] = None,
         Damage::Replace(i, bytes) => chunks[i] = Some(bytes),
@@ -381,12 +445,11 @@ async fn bad_input(
             expected_keys.push(key);
         }
     }
-    let job = job(
-        ROOM,
-        recording,
-        vec![track("alice", &prefix, confirmed)],
-        "webm",
-    );
+    let track = match confirmed {
+        Some(count) => track("alice", &prefix, count),
+        None => unsealed_track("alice", &prefix),
+    };
+    let job = job(ROOM, recording, vec![track], "webm");
 
     let run = run_worker(&setup.server, &setup.bucket, &job, &[]).await?;
 
@@ -512,6 +575,122 @@ async fn a_wrong_count_is_bad_input() -> anyhow::Result<()> {
         1,
         "ChunkCountMismatch",
         "confirmed 31",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsealed_track_is_processed_up_to_its_first_gap_and_the_chunks_after_it_are_kept()
+-> anyhow::Result<()> {
+    let setup = setup().await?;
+    // Chunks 0 to 4 and 6 to 7 of a 30-chunk recording: 5 never arrived, nor did 8 to 29.
+    let chunks = chunks(&VP8_30S)?;
+    let prefix = chunk_prefix(ROOM, "rec-unsealed-gap", "alice");
+    for seq in (0..5).chain(6..8) {
+        let key = format!("{prefix}{seq:08}.webm");
+        put(&setup.client, &setup.bucket, &key, chunks[seq].clone()).await?;
+    }
+    let job = job(
+        ROOM,
+        "rec-unsealed-gap",
+        vec![unsealed_track("alice", &prefix)],
+        "mp4",
+    );
+
+    let run = run_worker(&setup.server, &setup.bucket, &job, &[]).await?;
+
+    assert_eq!(run.code(), Some(0), "{}", run.explain());
+    let key = output_key("rec-unsealed-gap", "alice", "mp4");
+    // One-second chunks: the file is the 5 chunks before the gap, not the 8 in storage.
+    assert_reported_lasting(&setup, &run, &[("alice", &key)], 5.0, 0.75).await;
+    assert_chunks_reported(&run, "alice", false, 5, Some((5, 2)));
+    let (probe, _) = probe_object(&setup.client, &setup.bucket, &key, setup.dir.path()).await?;
+    assert_eq!(probe.codec("video"), Some("h264"), "{probe:?}");
+    assert!((probe.duration - 5.0).abs() <= 0.75, "{probe:?}");
+    assert!(probe.start_time.abs() < 0.1, "{probe:?}");
+    assert_eq!(
+        setup.keys(&prefix).await,
+        vec![
+            format!("{prefix}00000006.webm"),
+            format!("{prefix}00000007.webm")
+        ],
+        "chunks 0 to 4 are deleted, the ones after the gap kept"
+    );
+    assert!(
+        run.stderr.contains("track alice was not sealed")
+            && run.stderr.contains("00000005.webm was missing"),
+        "the log should say what was left out: {}",
+        run.explain()
+    );
+    setup.assert_no_incomplete_upload();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsealed_track_with_every_chunk_is_processed_whole_next_to_a_sealed_one()
+-> anyhow::Result<()> {
+    let setup = setup().await?;
+    let (alice, alice_count) = setup.record(&VP8_30S, "rec-mixed", "alice").await?;
+    let (bob, bob_count) = setup.record(&VP9_30S, "rec-mixed", "bob").await?;
+    let job = job(
+        ROOM,
+        "rec-mixed",
+        vec![
+            track("alice", &alice, alice_count),
+            unsealed_track("bob", &bob),
+        ],
+        "webm",
+    );
+
+    let run = run_worker(&setup.server, &setup.bucket, &job, &[]).await?;
+
+    assert_eq!(run.code(), Some(0), "{}", run.explain());
+    let keys = [
+        output_key("rec-mixed", "alice", "webm"),
+        output_key("rec-mixed", "bob", "webm"),
+    ];
+    assert_reported(&setup, &run, &[("alice", &keys[0]), ("bob", &keys[1])]).await;
+    assert_chunks_reported(&run, "alice", true, u64::from(alice_count), None);
+    assert_chunks_reported(&run, "bob", false, u64::from(bob_count), None);
+    for key in &keys {
+        let (probe, _) = probe_object(&setup.client, &setup.bucket, key, setup.dir.path()).await?;
+        assert!((probe.duration - 30.0).abs() <= 0.5, "{key}: {probe:?}");
+    }
+    assert_eq!(
+        setup.keys(&chunk_prefix(ROOM, "rec-mixed", "")).await,
+        Vec::<String>::new(),
+        "every chunk of both tracks is deleted"
+    );
+    assert!(
+        run.stderr
+            .contains("track bob was not sealed: its file holds chunks 00000000.webm to 00000029.webm, all that storage held"),
+        "{}",
+        run.explain()
+    );
+    setup.assert_no_incomplete_upload();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsealed_track_without_its_first_chunk_is_bad_input() -> anyhow::Result<()> {
+    bad_input_of(
+        "rec-unsealed-first",
+        Damage::Remove(0),
+        None,
+        "MissingChunk",
+        "the track was not sealed and its chunk 00000000.webm is missing",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsealed_track_with_an_empty_first_chunk_is_bad_input() -> anyhow::Result<()> {
+    bad_input_of(
+        "rec-unsealed-empty",
+        Damage::Replace(0, Vec::new()),
+        None,
+        "MissingChunk",
+        "the track was not sealed and its chunk 00000000.webm is empty",
     )
     .await
 }

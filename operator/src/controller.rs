@@ -179,7 +179,9 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
                     // The API may still be sealing or adding tracks: close that door first, on
                     // the spec this reconcile read, or not at all.
                     let Some(closed) = ctx.close_uploads(rj, &previous).await? else {
-                        debug!("the spec changed while uploads were being closed; reading it again");
+                        debug!(
+                            "the spec changed while uploads were being closed; reading it again"
+                        );
                         return Ok(Action::requeue(Duration::from_millis(200)));
                     };
                     lock(&ctx.applied).insert(uid.clone(), (closed.clone(), Instant::now()));

@@ -678,10 +678,14 @@ spec:
             (uploads.status.as_str(), uploads.reason.as_str()),
             ("False", "UploadTimeout")
         );
-        assert!(uploads.message.contains("not sealed: bob"), "{}", uploads.message);
+        assert!(
+            uploads.message.contains("not sealed: bob"),
+            "{}",
+            uploads.message
+        );
         let complete = &condition(&status, "Complete").unwrap().message;
         assert!(
-            complete.contains("2 output(s) written and verified; track bob was not sealed: its file holds chunks 00000000.webm to 00000004.webm; 00000005.webm was missing, so the 2 chunk(s) after it were left out and kept in storage"),
+            complete.contains("2 output(s) written and verified; track bob was not sealed: its file holds chunks 00000000.webm to 00000004.webm; 00000005.webm was missing or empty, so the 2 chunk(s) after it were left out and kept in storage"),
             "{complete}"
         );
         assert!(!status.outputs[1].sealed);

@@ -86,11 +86,7 @@ pub fn upload_gate(rj: &RecordingJob, now: jiff::Timestamp) -> Gate {
         return Gate::Sealed { tracks };
     }
     let timeout_seconds = rj.spec.upload_timeout_seconds.clamp(0, 86_400);
-    let created = rj
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .map_or(now, |t| t.0);
+    let created = rj.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
     let until = created
         .checked_add(jiff::SignedDuration::from_secs(timeout_seconds))
         .unwrap_or(created);
@@ -130,8 +126,7 @@ spec:
 
     const BOTH_SEALED: &str = "[{participantId: alice, source: {prefix: c/alice/, chunkCount: 3}}, {participantId: bob, source: {prefix: c/bob/, chunkCount: 9}}]";
     const BOB_OPEN: &str = "[{participantId: alice, source: {prefix: c/alice/, chunkCount: 3}}, {participantId: bob, source: {prefix: c/bob/}}]";
-    const BOTH_OPEN: &str =
-        "[{participantId: alice, source: {prefix: c/alice/}}, {participantId: bob, source: {prefix: c/bob/}}]";
+    const BOTH_OPEN: &str = "[{participantId: alice, source: {prefix: c/alice/}}, {participantId: bob, source: {prefix: c/bob/}}]";
 
     #[test]
     fn the_gate_opens_when_every_track_is_sealed_or_the_wait_is_over() {

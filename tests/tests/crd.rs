@@ -221,7 +221,9 @@ async fn kubectl_get_shows_the_printer_columns_by_plural_and_short_name() {
             .collect();
         assert_eq!(
             header,
-            ["NAME", "ROOM", "PHASE", "SEALED", "PROGRESS", "ATTEMPTS", "AGE"],
+            [
+                "NAME", "ROOM", "PHASE", "SEALED", "PROGRESS", "ATTEMPTS", "AGE"
+            ],
             "kubectl get {resource}:\n{table}"
         );
         let row: Vec<&str> = lines

@@ -319,9 +319,15 @@ pub async fn get(client: &aws_sdk_s3::Client, bucket: &str, key: &str) -> anyhow
     Ok(object.body.collect().await?.into_bytes().to_vec())
 }
 
-/// One track of a job: participant, chunk prefix, confirmed count.
+/// One sealed track of a job: participant, chunk prefix, the count its uploader sealed it with.
 pub fn track(participant: &str, prefix: &str, chunk_count: u32) -> Value {
     json!({"participantId": participant, "source": {"prefix": prefix, "chunkCount": chunk_count}})
+}
+
+/// One unsealed track of a job (no `chunkCount`: the upload timeout passed before its uploader
+/// sealed it).
+pub fn unsealed_track(participant: &str, prefix: &str) -> Value {
+    json!({"participantId": participant, "source": {"prefix": prefix}})
 }
 
 /// A job (WorkerJob JSON) writing into `riverside/processed/{room}/{recording}/`.
