@@ -206,7 +206,8 @@ impl ApiServer {
         chunks: &[Vec<u8>],
         seqs: impl IntoIterator<Item = usize>,
         pause: Duration,
-    ) {
+    ) -> Vec<u64> {
+        let mut counts = Vec::new();
         for seq in seqs {
             tokio::time::sleep(pause).await;
             let chunk = &chunks[seq];
@@ -228,7 +229,9 @@ impl ApiServer {
                 )
                 .await;
             assert_eq!(status, 200, "confirming chunk {seq}: {confirmed}");
+            counts.push(confirmed["confirmed"].as_u64().unwrap_or_default());
         }
+        counts
     }
 
     /// Seals the token's track with `chunk_count` chunks over REST, as a page does once its
@@ -244,26 +247,15 @@ impl ApiServer {
 
     /// Uploads `chunks` as the token's track the way a page does: presign, PUT, confirm.
     pub async fn upload(&self, token: &str, recording: &str, chunks: &[Vec<u8>]) {
-        for (seq, chunk) in chunks.iter().enumerate() {
-            let (status, url) = self
-                .post(
-                    &format!("/api/recordings/{recording}/chunks/{seq}/upload-url"),
-                    Some(token),
-                    Some(json!({"size": chunk.len(), "contentType": "video/webm;codecs=vp8,opus"})),
-                )
-                .await;
-            assert_eq!(status, 200, "presigning chunk {seq}: {url}");
-            let put = put_chunk(&url, chunk.clone()).await;
-            assert_eq!(put.0, 200, "uploading chunk {seq}: {}", put.1);
-            let (status, confirmed) = self
-                .post(
-                    &format!("/api/recordings/{recording}/chunks/{seq}/confirm"),
-                    Some(token),
-                    Some(json!({"size": chunk.len()})),
-                )
-                .await;
-            assert_eq!(status, 200, "confirming chunk {seq}: {confirmed}");
-            assert_eq!(confirmed["confirmed"], seq + 1, "{confirmed}");
+        let counts = self
+            .upload_some(token, recording, chunks, 0..chunks.len(), Duration::ZERO)
+            .await;
+        for (seq, confirmed) in counts.iter().enumerate() {
+            assert_eq!(
+                *confirmed,
+                seq as u64 + 1,
+                "confirmed count after chunk {seq}"
+            );
         }
     }
 }
