@@ -22,6 +22,7 @@ pub mod rest;
 pub mod seal;
 pub mod socket;
 pub mod storage;
+pub mod studio;
 pub mod telemetry;
 
 use axum::Router;

@@ -101,6 +101,7 @@ pub fn router() -> Router<App> {
         .route("/api/recordings/{id}/stop", post(stop))
         .route("/api/recordings/{id}/tracks/complete", post(seal))
         .route("/api/recordings/{id}", get(status))
+        .merge(crate::studio::router())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()).into_response() })
 }
 

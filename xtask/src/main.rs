@@ -78,6 +78,7 @@ const PREREQUISITES: &[(&str, &str)] = &[
     ("runc", "apt-get install runc"),
     ("node", "apt-get install nodejs"),
     ("npm", "apt-get install npm"),
+    ("chromium", "apt-get install chromium"),
 ];
 
 /// npm packages the tests use, each installed from its folder's lockfile (`npm ci`).
@@ -113,6 +114,8 @@ fn test(root: &Path, skip_image: bool, cargo_test_args: &[String]) -> anyhow::Re
         sh.run(
             sh.cmd("npm")
                 .args(["ci", "--no-audit", "--no-fund", "--prefer-offline"])
+                // The studio tests drive Debian's Chromium; no browser is ever downloaded.
+                .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
                 .current_dir(root.join(folder)),
         )
         .with_context(|| format!("installing the npm packages of {folder} (`npm ci`)"))?;

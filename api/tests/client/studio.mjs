@@ -1,0 +1,110 @@
+// Drives the studio page in headless Chromium (Debian's, never a downloaded one) as a host and a
+// guest in two browser contexts: create a room, join by the invite link, record, stop, and wait
+// for both files on both pages. Screenshots of each stage go to the artifacts folder; the result
+// is one JSON line on stdout.
+//
+// node studio.mjs <api url> <admin key> <artifacts dir> <seconds to record>
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+const [apiUrl, adminKey, artifacts, secondsArg] = process.argv.slice(2);
+const seconds = Number(secondsArg || 5);
+mkdirSync(artifacts, { recursive: true });
+const log = (...a) => console.error('[studio]', ...a);
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: [
+    '--use-fake-device-for-media-stream',
+    '--use-fake-ui-for-media-stream',
+    '--no-sandbox',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--autoplay-policy=no-user-gesture-required',
+  ],
+});
+const result = { stages: {}, progress: {}, links: {}, errors: {}, safe: {}, mimeType: null };
+try {
+  const context = async (name) => {
+    const ctx = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+    await ctx.grantPermissions(['camera', 'microphone'], { origin: apiUrl });
+    const page = await ctx.newPage();
+    page.on('console', (m) => log(name, m.type(), m.text()));
+    page.on('pageerror', (e) => log(name, 'page error', e.message));
+    result.stages[name] = [];
+    result.progress[name] = [];
+    return page;
+  };
+  const host = await context('host');
+  const guest = await context('guest');
+  const pages = { host, guest };
+  const shot = (name, stage) =>
+    pages[name].screenshot({ path: join(artifacts, `${name}-${stage}.png`), fullPage: true });
+
+  await host.goto(apiUrl + '/');
+  await host.fill('#admin-key', adminKey);
+  await host.fill('#host-name', 'Host');
+  await host.click('#create-form button');
+  await host.waitForSelector('#room:not([hidden])');
+  const invite = await host.inputValue('#invite-url');
+  log('invite', invite);
+
+  await guest.goto(invite);
+  await guest.fill('#guest-name', 'Guest');
+  await guest.click('#join-form button');
+  await guest.waitForSelector('#room:not([hidden])');
+  result.inviteLeftInUrl = guest.url().includes('invite=');
+
+  await host.waitForSelector('#record:not([disabled])', { timeout: 30000 });
+  result.mimeType = await host.evaluate(() =>
+    ['video/webm;codecs=h264,opus', 'video/webm;codecs=vp8,opus'].find((t) => MediaRecorder.isTypeSupported(t)) || null);
+  await host.click('#record');
+  for (const [name, page] of Object.entries(pages)) {
+    await page.waitForSelector('tr[data-stage="recording"]', { timeout: 30000 });
+  }
+  await host.waitForTimeout(seconds * 1000);
+  await Promise.all(Object.keys(pages).map((name) => shot(name, 'recording')));
+  await host.click('#stop');
+
+  // Watch every page until both rows are Ready, noting each stage and progress value seen.
+  const watch = async (name) => {
+    const page = pages[name];
+    const shots = new Set();
+    const deadline = Date.now() + 240000;
+    for (;;) {
+      const rows = await page.$$eval('#participants tbody tr', (trs) => trs.map((tr) => ({
+        participant: tr.dataset.participant,
+        stage: tr.dataset.stage,
+        progress: tr.querySelector('progress') ? Number(tr.querySelector('progress').value) : null,
+      })));
+      for (const row of rows) {
+        const last = result.stages[name][result.stages[name].length - 1];
+        if (last !== row.stage && !result.stages[name].includes(row.stage)) result.stages[name].push(row.stage);
+        if (row.stage === 'processing' && row.progress !== null) result.progress[name].push(row.progress);
+        if (['uploading', 'uploaded', 'processing'].includes(row.stage) && !shots.has(row.stage)) {
+          shots.add(row.stage);
+          await shot(name, row.stage);
+        }
+      }
+      const error = await page.textContent('#error');
+      if (error && error.trim()) result.errors[name] = error.trim();
+      if (rows.length === 2 && rows.every((r) => r.stage === 'ready' || r.stage === 'failed')) {
+        await page.waitForSelector('#safe[data-safe="true"]', { timeout: 30000 }).catch(() => {});
+        result.safe[name] = await page.getAttribute('#safe', 'data-safe');
+        await shot(name, 'ready');
+        result.links[name] = await page.$$eval('a.download', (as) => as.map((a) => a.href));
+        return;
+      }
+      if (Date.now() > deadline) throw new Error(`${name}: not Ready in time; rows ${JSON.stringify(rows)}`);
+      await page.waitForTimeout(150);
+    }
+  };
+  await Promise.all(Object.keys(pages).map(watch));
+  console.log(JSON.stringify({ ok: true, ...result }));
+} catch (e) {
+  console.log(JSON.stringify({ ok: false, error: String(e && e.stack || e), ...result }));
+} finally {
+  await browser.close();
+}
