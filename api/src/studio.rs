@@ -29,6 +29,11 @@ pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
             "/studio.css",
             get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
         )
+        // No icon: answered, so that browsers do not log a 404 on every visit.
+        .route(
+            "/favicon.ico",
+            get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
         .route(
             "/vendor/socket.io.min.js",
             get(|| async { asset(SOCKET_IO, "text/javascript; charset=utf-8") }),

@@ -67,14 +67,15 @@ async fn stream_durations(url: &str, dir: &Path) -> Vec<(String, f64)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_host_and_a_guest_record_in_the_browser_and_both_get_their_files() {
-    let world = World::new(&[]).await;
-    let _operator = world.operator(WORKER_IMAGE, &[]);
-    let api = ApiServer::start(&world, &["--output-profile", "mp4"]).await;
-    let dir = artifacts("studio");
-    let downloads = tempfile::tempdir().expect("temp dir");
-    let downloads = downloads.path();
+/// Runs `studio.mjs` with `scenario` against `api`, taking storage away for 3 s when the script
+/// asks, and returns its result.
+async fn run_studio(
+    world: &World,
+    api: &ApiServer,
+    scenario: &str,
+    seconds: u32,
+) -> (Value, PathBuf) {
+    let dir = artifacts(&format!("studio-{scenario}"));
     let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/client");
     assert!(
         client.join("node_modules/playwright-core").is_dir(),
@@ -85,31 +86,51 @@ async fn a_host_and_a_guest_record_in_the_browser_and_both_get_their_files() {
         Path::new("/usr/bin/chromium").exists(),
         "Chromium is missing: apt-get install chromium (`.ci/run` does)"
     );
-    let run = tokio::process::Command::new("node")
+    let mut child = tokio::process::Command::new("node")
         .arg(client.join("studio.mjs"))
-        .args([&api.url, ADMIN_KEY, dir.to_str().expect("utf-8 path"), "5"])
+        .args([&api.url, ADMIN_KEY, dir.to_str().expect("utf-8 path")])
+        .arg(seconds.to_string())
+        .arg(scenario)
         .current_dir(&client)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("browser.log")).expect("browser log"))
         .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(420), run)
-        .await
-        .expect("the browser run ends within 7 minutes")
+        .spawn()
         .expect("node runs (apt-get install nodejs)");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let result: Value = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "no result from the browser run; its log:\n{}",
-                tail(&stderr, 80)
-            )
-        });
-    assert_eq!(result["ok"], true, "{result:#}\n{}", tail(&stderr, 80));
+    let stdout = child.stdout.take().expect("stdout");
+    let read = async {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let mut result = None;
+        while let Some(line) = lines.next_line().await.expect("reading the browser run") {
+            let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if value["event"] == "cut-storage" {
+                world.s3.set_available(false);
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                world.s3.set_available(true);
+            } else if value.get("ok").is_some() {
+                result = Some(value);
+            }
+        }
+        result
+    };
+    let result = tokio::time::timeout(Duration::from_secs(420), read)
+        .await
+        .expect("the browser run ends within 7 minutes");
+    let _ = child.wait().await;
+    let log = std::fs::read_to_string(dir.join("browser.log")).unwrap_or_default();
+    let result =
+        result.unwrap_or_else(|| panic!("no result from the browser run:\n{}", tail(&log, 80)));
+    assert_eq!(result["ok"], true, "{result:#}\n{}", tail(&log, 80));
+    (result, dir)
+}
 
+/// What every run must show on both pages: each stage, no error left, safe to close, screenshots,
+/// and two files of about `seconds` of video and audio each.
+async fn check_both_pages(result: &Value, dir: &Path, seconds: f64) {
+    let downloads = tempfile::tempdir().expect("temp dir");
     for who in ["host", "guest"] {
         let stages: Vec<&str> = result["stages"][who]
             .as_array()
@@ -156,7 +177,7 @@ async fn a_host_and_a_guest_record_in_the_browser_and_both_get_their_files() {
             .collect();
         assert_eq!(links.len(), 2, "{who}'s page links both files: {links:?}");
         for link in links {
-            let streams = stream_durations(link, downloads).await;
+            let streams = stream_durations(link, downloads.path()).await;
             for kind in ["video", "audio"] {
                 let duration = streams
                     .iter()
@@ -164,20 +185,60 @@ async fn a_host_and_a_guest_record_in_the_browser_and_both_get_their_files() {
                     .map(|(_, d)| *d)
                     .unwrap_or_else(|| panic!("no {kind} in {link}: {streams:?}"));
                 assert!(
-                    (3.5..=7.0).contains(&duration),
-                    "{kind} of {link} lasts {duration} s, not about 5: {streams:?}"
+                    duration >= seconds - 1.0 && duration <= seconds + 2.5,
+                    "{kind} of {link} lasts {duration} s, not about {seconds}: {streams:?}"
                 );
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_and_a_guest_record_in_the_browser_and_both_get_their_files() {
+    let world = World::new(&[]).await;
+    let _operator = world.operator(WORKER_IMAGE, &[]);
+    let api = ApiServer::start(&world, &["--output-profile", "mp4"]).await;
+    let (result, dir) = run_studio(&world, &api, "basic", 5).await;
+    check_both_pages(&result, &dir, 5.0).await;
     assert_eq!(
         result["inviteLeftInUrl"], false,
         "the invite token leaves the address bar"
     );
     eprintln!(
-        "studio: recorded as {}, progress seen {:?}; screenshots in {}",
+        "studio: recorded as {}, progress seen {}; screenshots in {}",
         result["mimeType"],
         result["progress"],
         dir.display()
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_storage_outage_mid_recording_loses_no_second() {
+    let world = World::new(&[]).await;
+    let _operator = world.operator(WORKER_IMAGE, &[]);
+    let api = ApiServer::start(&world, &["--output-profile", "mp4"]).await;
+    let (result, dir) = run_studio(&world, &api, "outage", 8).await;
+    let seen = result["errorsSeen"].to_string();
+    assert!(
+        seen.contains("Storage is unreachable"),
+        "the pages said nothing of the outage: {seen}"
+    );
+    check_both_pages(&result, &dir, 8.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_guest_reloaded_mid_upload_resumes_from_its_spool_and_loses_no_second() {
+    let world = World::new(&[]).await;
+    let _operator = world.operator(WORKER_IMAGE, &[]);
+    let api = ApiServer::start(&world, &["--output-profile", "mp4"]).await;
+    let (result, dir) = run_studio(&world, &api, "reload", 6).await;
+    assert_eq!(
+        result["unsentBeforeReload"], true,
+        "chunks were still queued: {result:#}"
+    );
+    assert_eq!(
+        result["beforeUnloadAsked"], true,
+        "the page warned before unloading with unsent chunks"
+    );
+    check_both_pages(&result, &dir, 6.0).await;
 }

@@ -3,13 +3,18 @@
 // for both files on both pages. Screenshots of each stage go to the artifacts folder; the result
 // is one JSON line on stdout.
 //
-// node studio.mjs <api url> <admin key> <artifacts dir> <seconds to record>
+// node studio.mjs <api url> <admin key> <artifacts dir> <seconds to record> [scenario]
+//
+// Scenarios: `basic`; `outage`, which prints {"event":"cut-storage"} two seconds into the
+// recording for the test to take storage away; `reload`, which slows the guest's uploads so that
+// chunks pile up, and reloads the guest's page after the stop.
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
 const [apiUrl, adminKey, artifacts, secondsArg] = process.argv.slice(2);
 const seconds = Number(secondsArg || 5);
+const scenario = process.argv[6] || 'basic';
 mkdirSync(artifacts, { recursive: true });
 const log = (...a) => console.error('[studio]', ...a);
 
@@ -25,7 +30,7 @@ const browser = await chromium.launch({
     '--autoplay-policy=no-user-gesture-required',
   ],
 });
-const result = { stages: {}, progress: {}, links: {}, errors: {}, safe: {}, mimeType: null };
+const result = { scenario, stages: {}, progress: {}, links: {}, errors: {}, errorsSeen: {}, safe: {}, mimeType: null };
 try {
   const context = async (name) => {
     const ctx = await browser.newContext({ viewport: { width: 1100, height: 800 } });
@@ -35,6 +40,7 @@ try {
     page.on('pageerror', (e) => log(name, 'page error', e.message));
     result.stages[name] = [];
     result.progress[name] = [];
+    result.errorsSeen[name] = [];
     return page;
   };
   const host = await context('host');
@@ -60,13 +66,54 @@ try {
   await host.waitForSelector('#record:not([disabled])', { timeout: 30000 });
   result.mimeType = await host.evaluate(() =>
     ['video/webm;codecs=h264,opus', 'video/webm;codecs=vp8,opus'].find((t) => MediaRecorder.isTypeSupported(t)) || null);
+  if (scenario === 'reload') {
+    // A slow connection: every PUT to storage waits 1.5 s.
+    await guest.route((url) => !url.href.startsWith(apiUrl), async (route) => {
+      if (route.request().method() === 'PUT') await new Promise((r) => setTimeout(r, 1500));
+      await route.continue();
+    });
+  }
+  const noteErrors = async () => {
+    for (const [name, page] of Object.entries(pages)) {
+      const text = (await page.textContent('#error').catch(() => '')) || '';
+      if (text.trim() && !result.errorsSeen[name].includes(text.trim())) result.errorsSeen[name].push(text.trim());
+    }
+  };
   await host.click('#record');
   for (const [name, page] of Object.entries(pages)) {
     await page.waitForSelector('tr[data-stage="recording"]', { timeout: 30000 });
+    result.stages[name].push('recording');
   }
-  await host.waitForTimeout(seconds * 1000);
+  const started = Date.now();
+  if (scenario === 'outage') {
+    await host.waitForTimeout(2000);
+    console.log(JSON.stringify({ event: 'cut-storage' }));
+  }
+  while (Date.now() - started < seconds * 1000) {
+    await noteErrors();
+    await host.waitForTimeout(250);
+  }
   await Promise.all(Object.keys(pages).map((name) => shot(name, 'recording')));
   await host.click('#stop');
+
+  if (scenario === 'reload') {
+    // Chunks are still queued on the guest's page: it warns before unloading, and is reloaded.
+    await guest.waitForSelector('tr[data-stage="uploading"]', { timeout: 30000 });
+    // The recorder has handed over its last chunk (it is in the spool), so only uploads are left.
+    await guest.waitForFunction(() => !document.getElementById('me').textContent.startsWith('Recording'));
+    result.unsentBeforeReload = await guest.getAttribute('#safe', 'data-safe') === 'false';
+    await shot('guest', 'before-reload');
+    result.beforeUnloadAsked = false;
+    guest.once('dialog', async (dialog) => {
+      result.beforeUnloadAsked = dialog.type() === 'beforeunload';
+      await dialog.accept();
+    });
+    await guest.unroute(() => true).catch(() => {});
+    await guest.unrouteAll({ behavior: 'ignoreErrors' }).catch(() => {});
+    await guest.reload();
+    await guest.waitForSelector('#room:not([hidden])');
+    result.stages.guest.push('reloaded');
+  }
 
   // Watch every page until both rows are Ready, noting each stage and progress value seen.
   const watch = async (name) => {
@@ -89,7 +136,12 @@ try {
         }
       }
       const error = await page.textContent('#error');
-      if (error && error.trim()) result.errors[name] = error.trim();
+      if (error && error.trim()) {
+        result.errors[name] = error.trim();
+        if (!result.errorsSeen[name].includes(error.trim())) result.errorsSeen[name].push(error.trim());
+      } else {
+        delete result.errors[name];
+      }
       if (rows.length === 2 && rows.every((r) => r.stage === 'ready' || r.stage === 'failed')) {
         await page.waitForSelector('#safe[data-safe="true"]', { timeout: 30000 }).catch(() => {});
         result.safe[name] = await page.getAttribute('#safe', 'data-safe');
