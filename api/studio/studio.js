@@ -596,6 +596,22 @@
     let saved = null;
     try { saved = JSON.parse(localStorage.getItem(SESSION_KEY) || 'null'); } catch (_) { saved = null; }
 
+    const hostToken = fragment.get('host');
+    if (hostToken) {
+      // A host link (the local run prints one): this browser becomes the room's host.
+      const claims = claimsOf(hostToken);
+      history.replaceState(null, '', location.pathname);
+      if (!claims || claims.role !== 'host') {
+        showError('This host link is not valid. Create a room instead.');
+        $('create').hidden = false;
+        return;
+      }
+      state.session = { roomId: claims.room, participantId: claims.sub, token: hostToken, role: 'host', name: claims.name || '' };
+      api(`/api/rooms/${encodeURIComponent(claims.room)}/invites`, { token: hostToken })
+        .then((made) => { state.session.inviteUrl = made.inviteUrl; saveSession(state.session); enterRoom(); })
+        .catch((e) => showError(apiFailureText(e)));
+      return;
+    }
     if (invite) {
       const claims = claimsOf(invite);
       if (saved && claims && saved.roomId === claims.room) {

@@ -70,8 +70,9 @@ async fn stream_durations(url: &str, dir: &Path) -> Vec<(String, f64)> {
 /// Runs `studio.mjs` with `scenario` against `api`, taking storage away for 3 s when the script
 /// asks, and returns its result.
 async fn run_studio(
-    world: &World,
-    api: &ApiServer,
+    world: Option<&World>,
+    url: &str,
+    admin_key: &str,
     scenario: &str,
     seconds: u32,
 ) -> (Value, PathBuf) {
@@ -88,7 +89,7 @@ async fn run_studio(
     );
     let mut child = tokio::process::Command::new("node")
         .arg(client.join("studio.mjs"))
-        .args([&api.url, ADMIN_KEY, dir.to_str().expect("utf-8 path")])
+        .args([url, admin_key, dir.to_str().expect("utf-8 path")])
         .arg(seconds.to_string())
         .arg(scenario)
         .current_dir(&client)
@@ -107,6 +108,7 @@ async fn run_studio(
                 continue;
             };
             if value["event"] == "cut-storage" {
+                let world = world.expect("a storage outage needs the test's world");
                 world.s3.set_available(false);
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 world.s3.set_available(true);
@@ -198,7 +200,7 @@ async fn a_host_and_a_guest_record_in_the_browser_and_both_get_their_files() {
     let world = World::new(&[]).await;
     let _operator = world.operator(WORKER_IMAGE, &[]);
     let api = ApiServer::start(&world, &["--output-profile", "mp4"]).await;
-    let (result, dir) = run_studio(&world, &api, "basic", 5).await;
+    let (result, dir) = run_studio(Some(&world), &api.url, ADMIN_KEY, "basic", 5).await;
     check_both_pages(&result, &dir, 5.0).await;
     assert_eq!(
         result["inviteLeftInUrl"], false,
@@ -217,7 +219,7 @@ async fn a_storage_outage_mid_recording_loses_no_second() {
     let world = World::new(&[]).await;
     let _operator = world.operator(WORKER_IMAGE, &[]);
     let api = ApiServer::start(&world, &["--output-profile", "mp4"]).await;
-    let (result, dir) = run_studio(&world, &api, "outage", 8).await;
+    let (result, dir) = run_studio(Some(&world), &api.url, ADMIN_KEY, "outage", 8).await;
     let seen = result["errorsSeen"].to_string();
     assert!(
         seen.contains("Storage is unreachable"),
@@ -231,7 +233,7 @@ async fn a_guest_reloaded_mid_upload_resumes_from_its_spool_and_loses_no_second(
     let world = World::new(&[]).await;
     let _operator = world.operator(WORKER_IMAGE, &[]);
     let api = ApiServer::start(&world, &["--output-profile", "mp4"]).await;
-    let (result, dir) = run_studio(&world, &api, "reload", 6).await;
+    let (result, dir) = run_studio(Some(&world), &api.url, ADMIN_KEY, "reload", 6).await;
     assert_eq!(
         result["unsentBeforeReload"], true,
         "chunks were still queued: {result:#}"
@@ -241,4 +243,105 @@ async fn a_guest_reloaded_mid_upload_resumes_from_its_spool_and_loses_no_second(
         "the page warned before unloading with unsent chunks"
     );
     check_both_pages(&result, &dir, 6.0).await;
+}
+
+/// Processes whose command line mentions `needle`, but for this test's own.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name() != me.as_str())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+        .filter(|cmd| cmd.contains(needle))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_local_run_starts_records_from_the_page_and_leaves_nothing_behind() {
+    use tokio::io::AsyncBufReadExt;
+    // mixdown-local runs its neighbours: make sure they are built, in this profile.
+    for (package, bin) in [
+        ("mixdown-operator", "mixdown-operator"),
+        ("mixdown-worker", "mixdown-worker"),
+        ("mixdown-api", "mixdown-api"),
+    ] {
+        mixdown_testkit::bins::workspace_binary(package, bin);
+    }
+    let local = mixdown_testkit::bins::workspace_binary("mixdown-testkit", "mixdown-local");
+    let data = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let started = std::time::Instant::now();
+    let mut child = tokio::process::Command::new(&local)
+        .args(["--data-dir", data.path().to_str().expect("utf-8 path")])
+        .args(["--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(data.path().join("local.log")).expect("log"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting mixdown-local");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut printed = std::collections::BTreeMap::new();
+    let read = async {
+        while let Some(line) = lines.next_line().await.expect("reading mixdown-local") {
+            if let Some((key, value)) = line.split_once(": ") {
+                printed.insert(key.trim().to_string(), value.trim().to_string());
+            }
+            if line.starts_with("ready in") {
+                return;
+            }
+        }
+        panic!(
+            "mixdown-local ended before it was ready:\n{}",
+            std::fs::read_to_string(data.path().join("local.log")).unwrap_or_default()
+        );
+    };
+    tokio::time::timeout(Duration::from_secs(180), read)
+        .await
+        .expect("mixdown-local is ready within 3 minutes");
+    let ready_after = started.elapsed();
+    let studio = printed.get("studio").expect("the studio address").clone();
+    let admin_key = printed.get("admin key").expect("the admin key").clone();
+    let namespace = printed.get("namespace").expect("the namespace").clone();
+    let kubeconfig = PathBuf::from(printed.get("kubeconfig").expect("the kubeconfig"));
+    let cluster_dir = kubeconfig
+        .parent()
+        .expect("the control plane's folder")
+        .to_path_buf();
+    assert!(studio.starts_with("http://127.0.0.1:"), "{studio}");
+    assert!(
+        printed
+            .get("host link")
+            .is_some_and(|l| l.contains("#host=")),
+        "{printed:?}"
+    );
+
+    let (result, dir) =
+        run_studio(None, studio.trim_end_matches('/'), &admin_key, "basic", 5).await;
+    check_both_pages(&result, &dir, 5.0).await;
+
+    // Ctrl-C stops everything it started.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id().expect("running") as i32, libc::SIGINT);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("mixdown-local stops within a minute of Ctrl-C")
+        .expect("its exit status");
+    assert!(status.success(), "mixdown-local exited with {status}");
+    for needle in [cluster_dir.to_str().expect("utf-8"), namespace.as_str()] {
+        let left = processes_mentioning(needle);
+        assert!(left.is_empty(), "still running after Ctrl-C: {left:#?}");
+    }
+    assert!(
+        data.path().join("s3/mixdown").is_dir(),
+        "storage keeps its folder for the next run"
+    );
+    eprintln!(
+        "local run ready in {:.1} s (debug build)",
+        ready_after.as_secs_f64()
+    );
 }

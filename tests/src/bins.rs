@@ -8,10 +8,23 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
+/// Where already-built binaries are taken from instead of building them (the local run sets it to
+/// its own folder, where `cargo xtask up` built them all at once).
+pub const BIN_DIR_ENV: &str = "MIXDOWN_BIN_DIR";
+
 /// Builds (if needed) and returns the path of binary `bin` from workspace package `package`.
 ///
 /// Panics with cargo's output when the build fails: a test cannot go on without the binary.
 pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os(BIN_DIR_ENV) {
+        let path = PathBuf::from(dir).join(bin);
+        assert!(
+            path.is_file(),
+            "{} is missing; build it with `cargo build -p {package} --bin {bin}`",
+            path.display()
+        );
+        return path;
+    }
     // One build at a time: concurrent tests asking for the same binary would only wait on
     // cargo's lock anyway, and this keeps its output readable.
     static BUILD: Mutex<()> = Mutex::new(());

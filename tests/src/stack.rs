@@ -48,14 +48,20 @@ impl World {
     /// status), the credentials Secret, a bucket, and a pod runner mapping `images` (plus the
     /// real worker as [`WORKER_IMAGE`]) to local programs.
     pub async fn new(scripts: &[(&str, &str)]) -> World {
+        let s3 = S3Server::start().await.expect("starting the S3 server");
+        let bucket = s3.create_bucket().await;
+        World::new_on(scripts, s3, bucket).await
+    }
+
+    /// Like [`World::new`], over the given storage and bucket (the local run's, kept in a
+    /// folder across runs).
+    pub async fn new_on(scripts: &[(&str, &str)], s3: S3Server, bucket: String) -> World {
         let cp = ControlPlane::shared().await;
         cp.install_crd(&RecordingJob::crd())
             .await
             .expect("installing the RecordingJob CRD");
         let ns = cp.namespace().await;
         let client = cp.client();
-        let s3 = S3Server::start().await.expect("starting the S3 server");
-        let bucket = s3.create_bucket().await;
         let dir = tempfile::tempdir().expect("temp dir");
         // Building the worker waits on cargo's lock; only tests that run it pay for that.
         let needs_worker =

@@ -5,6 +5,8 @@
 //! - `test`: the whole test suite as CI runs it: prerequisites checked (loudly), the tests' npm
 //!   packages installed from their lockfiles, formatting, clippy, the worker image, then every
 //!   unit and integration test.
+//! - `up`: all of Mixdown on this machine (local control plane, storage, pod runner, operator,
+//!   API with the studio page), built in release mode, until Ctrl-C.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,6 +34,13 @@ enum Cmd {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
+    /// Run all of Mixdown on this machine until Ctrl-C: the local control plane, storage (kept in
+    /// `.mixdown/`), the pod runner with the worker, the operator, and the API with the studio.
+    Up {
+        /// Arguments for `mixdown-local` (see `cargo xtask up -- --help`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,7 +51,72 @@ fn main() -> anyhow::Result<()> {
             skip_image,
             cargo_test_args,
         } => test(&root, skip_image, &cargo_test_args),
+        Cmd::Up { args } => up(&root, &args),
     }
+}
+
+/// What the local run needs on this machine, and how to get it on Debian.
+const LOCAL_PREREQUISITES: &[(&str, &str)] = &[
+    ("ffmpeg", "sudo apt-get install ffmpeg"),
+    ("ffprobe", "sudo apt-get install ffmpeg"),
+    ("etcd", "sudo apt-get install etcd-server"),
+];
+
+fn up(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    let missing: Vec<String> = LOCAL_PREREQUISITES
+        .iter()
+        .filter(|(program, _)| !on_path(program))
+        .map(|(program, install)| format!("  {program}: {install}"))
+        .collect();
+    if !missing.is_empty() {
+        bail!("Mixdown's local run needs:\n{}", missing.join("\n"));
+    }
+    let mut sh = Shell {
+        root: root.to_path_buf(),
+        env: Vec::new(),
+    };
+    if std::env::var_os("KUBEBUILDER_ASSETS").is_none() {
+        let output = sh
+            .capture(sh.cmd("bash").arg("tests/envtest/setup.sh"))
+            .context("preparing the local Kubernetes binaries with tests/envtest/setup.sh")?;
+        let assets = output.lines().last().unwrap_or_default().trim().to_string();
+        sh.env.push(("KUBEBUILDER_ASSETS".into(), assets));
+    }
+    // Every binary the run starts, built once, in release mode (the worker encodes video).
+    sh.run(sh.cmd("cargo").args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "mixdown-operator",
+        "-p",
+        "mixdown-api",
+        "-p",
+        "mixdown-worker",
+        "-p",
+        "mixdown-testkit",
+        "--bin",
+        "mixdown-operator",
+        "--bin",
+        "mixdown-api",
+        "--bin",
+        "mixdown-worker",
+        "--bin",
+        "mixdown-local",
+    ]))
+    .context("building Mixdown")?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let local = target.join("release/mixdown-local");
+    // mixdown-local takes this process's place, so Ctrl-C reaches it alone and the prompt
+    // comes back only once it stopped everything it started.
+    use std::os::unix::process::CommandExt;
+    let error = sh
+        .cmd(local.to_str().unwrap_or("mixdown-local"))
+        .args(args)
+        .exec();
+    Err(error).context("starting mixdown-local")
 }
 
 fn workspace_root() -> PathBuf {
