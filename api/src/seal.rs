@@ -11,7 +11,7 @@
 //!   the same way, so a seal and the start of processing can never both win;
 //! - sealing again with the same count is answered as done, however late (a retry after success).
 
-use mixdown_crds::{MAX_TRACKS, Phase, RecordingJob, Track, TrackSource};
+use mixdown_crds::{MAX_TRACKS, RecordingJob, Track, TrackSource};
 
 use crate::error::ApiError;
 
@@ -84,16 +84,6 @@ pub enum Decision {
     Write(Vec<Track>),
 }
 
-/// Whether the API may still change the tracks of `rj` (see the module docs; the operator's
-/// `may_still_be_sealed` is the other half).
-pub fn tracks_writable(rj: &RecordingJob) -> bool {
-    let status = rj.status.as_ref();
-    let phase = status.and_then(|s| s.phase);
-    status.and_then(|s| s.job_name.as_ref()).is_none()
-        && (phase == Some(Phase::Uploading)
-            || (phase.is_none() && rj.spec.tracks.iter().any(|t| !t.is_sealed())))
-}
-
 /// Decides the seal of `participant`'s track (chunks under `prefix`) with `count` chunks.
 pub fn decide(
     rj: &RecordingJob,
@@ -120,7 +110,7 @@ pub fn decide(
             ),
         ));
     }
-    if !tracks_writable(rj) {
+    if !rj.tracks_may_change(rj.status.as_ref()) {
         return Err(ApiError::conflict(
             "processing_started",
             format!(

@@ -183,6 +183,21 @@ pub struct TrackSource {
     pub chunk_count: Option<u32>,
 }
 
+impl RecordingJob {
+    /// Whether the API may still seal or add tracks, judged on `status` (the operator passes the
+    /// status it last wrote, which its cache may not show yet): no Job yet, and the RecordingJob
+    /// is Uploading, or not judged yet with a track unsealed. The operator builds the Job of such
+    /// a RecordingJob only after a status write guarded by the spec's `resourceVersion` ends this,
+    /// and the API's seal writes are guarded the same way, so the spec a Job is built from is the
+    /// final one.
+    pub fn tracks_may_change(&self, status: Option<&RecordingJobStatus>) -> bool {
+        let phase = status.and_then(|s| s.phase);
+        status.and_then(|s| s.job_name.as_ref()).is_none()
+            && (phase == Some(Phase::Uploading)
+                || (phase.is_none() && self.spec.tracks.iter().any(|t| !t.is_sealed())))
+    }
+}
+
 impl Track {
     /// Whether the uploader sealed this track (said how many chunks it has).
     pub fn is_sealed(&self) -> bool {

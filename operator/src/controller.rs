@@ -175,9 +175,9 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
             Err(other) => return Err(other),
             Ok(()) if !gate.is_open() => admission = Admission::Uploading,
             Ok(()) => {
-                if may_still_be_sealed(rj, &previous) {
+                if rj.tracks_may_change(Some(&previous)) {
                     // The API may still be sealing or adding tracks: close that door first, on
-                    // the spec this reconcile read, or not at all.
+                    // the spec this reconcile read, or not at all (see `close_uploads`).
                     let Some(closed) = ctx.close_uploads(rj, &previous).await? else {
                         debug!(
                             "the spec changed while uploads were being closed; reading it again"
@@ -267,16 +267,6 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
     }
 
     next_action(rj, ctx, &desired).await
-}
-
-/// Whether the API may still change `rj`'s tracks: it does so only while the RecordingJob is
-/// Uploading, or not yet judged with a track unsealed (see the API's `seal`). Such a RecordingJob
-/// gets its Job only after [`Context::close_uploads`] wrote, on the very spec the Job is built
-/// from, a status that ends the API's writes; so the spec is the same from that write on.
-fn may_still_be_sealed(rj: &RecordingJob, status: &RecordingJobStatus) -> bool {
-    status.job_name.is_none()
-        && (status.phase == Some(Phase::Uploading)
-            || (status.phase.is_none() && rj.spec.tracks.iter().any(|t| !t.is_sealed())))
 }
 
 /// Whether `rj` was created less than [`HOLD_BACK_AT_MOST`] ago: only then may its status wait for
