@@ -63,25 +63,14 @@ const LOCAL_PREREQUISITES: &[(&str, &str)] = &[
 ];
 
 fn up(root: &Path, args: &[String]) -> anyhow::Result<()> {
-    let missing: Vec<String> = LOCAL_PREREQUISITES
-        .iter()
-        .filter(|(program, _)| !on_path(program))
-        .map(|(program, install)| format!("  {program}: {install}"))
-        .collect();
-    if !missing.is_empty() {
-        bail!("Mixdown's local run needs:\n{}", missing.join("\n"));
+    if let Some(missing) = missing(LOCAL_PREREQUISITES) {
+        bail!("Mixdown's local run needs:\n{missing}");
     }
     let mut sh = Shell {
         root: root.to_path_buf(),
         env: Vec::new(),
     };
-    if std::env::var_os("KUBEBUILDER_ASSETS").is_none() {
-        let output = sh
-            .capture(sh.cmd("bash").arg("tests/envtest/setup.sh"))
-            .context("preparing the local Kubernetes binaries with tests/envtest/setup.sh")?;
-        let assets = output.lines().last().unwrap_or_default().trim().to_string();
-        sh.env.push(("KUBEBUILDER_ASSETS".into(), assets));
-    }
+    prepare_envtest(&mut sh)?;
     // Every binary the run starts, built once, in release mode (the worker encodes video).
     sh.run(sh.cmd("cargo").args([
         "build",
@@ -159,15 +148,9 @@ const PREREQUISITES: &[(&str, &str)] = &[
 const NPM_FOLDERS: &[&str] = &["api/tests/client"];
 
 fn test(root: &Path, skip_image: bool, cargo_test_args: &[String]) -> anyhow::Result<()> {
-    let missing: Vec<String> = PREREQUISITES
-        .iter()
-        .filter(|(program, _)| !on_path(program))
-        .map(|(program, install)| format!("  {program}: {install}"))
-        .collect();
-    if !missing.is_empty() {
+    if let Some(missing) = missing(PREREQUISITES) {
         bail!(
-            "the tests need programs that are not installed:\n{}\n(`bash .ci/run` installs them all on Debian)",
-            missing.join("\n")
+            "the tests need programs that are not installed:\n{missing}\n(`bash .ci/run` installs them all on Debian)"
         );
     }
 
@@ -175,14 +158,7 @@ fn test(root: &Path, skip_image: bool, cargo_test_args: &[String]) -> anyhow::Re
         root: root.to_path_buf(),
         env: Vec::new(),
     };
-    if std::env::var_os("KUBEBUILDER_ASSETS").is_none() {
-        let output = sh
-            .capture(sh.cmd("bash").arg("tests/envtest/setup.sh"))
-            .context("preparing KUBEBUILDER_ASSETS with tests/envtest/setup.sh")?;
-        let assets = output.lines().last().unwrap_or_default().trim().to_string();
-        println!("xtask: KUBEBUILDER_ASSETS={assets}");
-        sh.env.push(("KUBEBUILDER_ASSETS".into(), assets));
-    }
+    prepare_envtest(&mut sh)?;
 
     for folder in NPM_FOLDERS {
         sh.run(
@@ -255,6 +231,31 @@ impl Shell {
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
+}
+
+/// The programs of `prerequisites` not on PATH, one `  program: how to install it` line each.
+fn missing(prerequisites: &[(&str, &str)]) -> Option<String> {
+    let missing: Vec<String> = prerequisites
+        .iter()
+        .filter(|(program, _)| !on_path(program))
+        .map(|(program, install)| format!("  {program}: {install}"))
+        .collect();
+    (!missing.is_empty()).then(|| missing.join("\n"))
+}
+
+/// Sets KUBEBUILDER_ASSETS for `sh`'s commands, unless it is set: the local Kubernetes binaries
+/// as `tests/envtest/setup.sh` prepares them.
+fn prepare_envtest(sh: &mut Shell) -> anyhow::Result<()> {
+    if std::env::var_os("KUBEBUILDER_ASSETS").is_some() {
+        return Ok(());
+    }
+    let output = sh
+        .capture(sh.cmd("bash").arg("tests/envtest/setup.sh"))
+        .context("preparing KUBEBUILDER_ASSETS with tests/envtest/setup.sh")?;
+    let assets = output.lines().last().unwrap_or_default().trim().to_string();
+    println!("xtask: KUBEBUILDER_ASSETS={assets}");
+    sh.env.push(("KUBEBUILDER_ASSETS".into(), assets));
+    Ok(())
 }
 
 fn on_path(program: &str) -> bool {
