@@ -1,11 +1,3 @@
-//! Reads the codecs of a WebM/Matroska recording from its header, without ffprobe.
-//!
-//! The worker must know the codecs before ffmpeg starts (H.264 is copied into MP4, anything else
-//! encoded). Starting ffprobe for that costs a process launch on every track, in series with
-//! everything else; the header answers in microseconds. Only what is needed is parsed: the
-//! EBML header, then the Segment's children up to the first Cluster, where `Tracks` lists each
-//! track's type and codec id. Anything unexpected returns `None` and the caller asks ffprobe.
-//!
 //! [`Timing`] reads, from the same bytes as they are fed to ffmpeg, the time span of the
 //! recording's packets (first block's time to the end of the last), which each output is
 //! verified against. It follows the Segment and its Clusters, takes `TimecodeScale` from `Info`
@@ -16,108 +8,7 @@
 
 use std::collections::HashMap;
 
-use crate::media::InputStreams;
-
-const EBML: u32 = 0x1A45_DFA3;
-const SEGMENT: u32 = 0x1853_8067;
-const CLUSTER: u32 = 0x1F43_B675;
-const TRACKS: u32 = 0x1654_AE6B;
-const TRACK_ENTRY: u32 = 0xAE;
-const TRACK_NUMBER: u32 = 0xD7;
-const TRACK_TYPE: u32 = 0x83;
-const CODEC_ID: u32 = 0x86;
-const DEFAULT_DURATION: u32 = 0x0023_E383;
-const CODEC_DELAY: u32 = 0x56AA;
-const INFO: u32 = 0x1549_A966;
-const TIMECODE_SCALE: u32 = 0x002A_D7B1;
-const SEEK_HEAD: u32 = 0x114D_9B74;
-const CUES: u32 = 0x1C53_BB6B;
-const TAGS: u32 = 0x1254_C367;
-const CHAPTERS: u32 = 0x1043_A770;
-const ATTACHMENTS: u32 = 0x1941_A469;
-const CLUSTER_TIMECODE: u32 = 0xE7;
-const SIMPLE_BLOCK: u32 = 0xA3;
-const BLOCK_GROUP: u32 = 0xA0;
-const BLOCK: u32 = 0xA1;
-const BLOCK_DURATION: u32 = 0x9B;
-
-/// `TrackType` values.
-const VIDEO: u64 = 1;
-const AUDIO: u64 = 2;
-
-/// The streams the header declares, named as ffmpeg names their codecs; `None` when the header
-/// is incomplete, not Matroska, or names a codec this function does not know.
-pub fn codecs(data: &[u8]) -> Option<InputStreams> {
-    let mut reader = Reader { data, pos: 0 };
-    let (id, size) = reader.element()?;
-    if id != EBML {
-        return None;
-    }
-    reader.skip(size?)?;
-    let (id, _segment_size) = reader.element()?;
-    if id != SEGMENT {
-        return None;
-    }
-    // Children of the Segment (its size may be unknown: a live stream's is).
-    loop {
-        let (id, size) = reader.element()?;
-        match id {
-            TRACKS => return tracks(reader.take(size?)?),
-            CLUSTER => return None,
-            _ => reader.skip(size?)?,
-        }
-    }
-}
-
-fn tracks(data: &[u8]) -> Option<InputStreams> {
-    let mut reader = Reader { data, pos: 0 };
-    let mut streams = InputStreams::default();
-    while !reader.at_end() {
-        let (id, size) = reader.element()?;
-        let body = reader.take(size?)?;
-        if id != TRACK_ENTRY {
-            continue;
-        }
-        let mut entry = Reader { data: body, pos: 0 };
-        let (mut kind, mut codec) = (None, None);
-        while !entry.at_end() {
-            let (id, size) = entry.element()?;
-            let value = entry.take(size?)?;
-            match id {
-                TRACK_TYPE => kind = Some(value.iter().fold(0u64, |n, &b| (n << 8) | u64::from(b))),
-                CODEC_ID => {
-                    codec = Some(
-                        std::str::from_utf8(value)
-                            .ok()?
-                            .trim_end_matches('\0')
-                            .to_owned(),
-                    )
-                }
-                _ => {}
-            }
-        }
-        let name = ffmpeg_codec(codec.as_deref()?)?;
-        match kind? {
-            VIDEO if streams.video.is_none() => streams.video = Some(name.to_owned()),
-            AUDIO if streams.audio.is_none() => streams.audio = Some(name.to_owned()),
-            _ => {}
-        }
-    }
-    (streams.video.is_some() || streams.audio.is_some()).then_some(streams)
-}
-
-/// ffmpeg's name for a Matroska codec id, for the codecs browsers record.
-fn ffmpeg_codec(codec_id: &str) -> Option<&'static str> {
-    Some(match codec_id {
-        "V_VP8" => "vp8",
-        "V_VP9" => "vp9",
-        "V_AV1" => "av1",
-        "V_MPEG4/ISO/AVC" => "h264",
-        "A_OPUS" => "opus",
-        "A_VORBIS" => "vorbis",
-        _ => return None,
-    })
-}
+use super::*;
 
 /// Where [`Timing`] is in the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -564,11 +455,6 @@ fn header(buf: &[u8]) -> HeaderRead {
     }
 }
 
-/// An unsigned integer element's value.
-fn uint(value: &[u8]) -> u64 {
-    value.iter().fold(0u64, |n, &b| (n << 8) | u64::from(b))
-}
-
 /// Each track's `DefaultDuration` and whether it is Opus, by track number.
 fn track_timing(data: &[u8]) -> HashMap<u64, Track> {
     let mut reader = Reader { data, pos: 0 };
@@ -621,161 +507,10 @@ fn opus_duration_ns(packet: &[u8]) -> Option<u64> {
     Some(frame * frames * 100_000)
 }
 
-struct Reader<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn at_end(&self) -> bool {
-        self.pos >= self.data.len()
-    }
-
-    /// An element's id and size (`None` inside for "unknown size").
-    fn element(&mut self) -> Option<(u32, Option<u64>)> {
-        let id = self.vint(4, false)?;
-        let size = self.vint(8, true)?;
-        let unknown = size == u64::MAX;
-        Some((u32::try_from(id).ok()?, (!unknown).then_some(size)))
-    }
-
-    /// A variable-length integer of at most `max_len` bytes. Ids keep their length marker;
-    /// sizes drop it, and all ones ("unknown") becomes `u64::MAX`.
-    fn vint(&mut self, max_len: u32, is_size: bool) -> Option<u64> {
-        let first = *self.data.get(self.pos)?;
-        let len = first.leading_zeros() + 1;
-        if len > max_len {
-            return None;
-        }
-        let bytes = self.data.get(self.pos..self.pos + len as usize)?;
-        self.pos += len as usize;
-        if !is_size {
-            return Some(bytes.iter().fold(0u64, |n, &b| (n << 8) | u64::from(b)));
-        }
-        let marker_cleared = u64::from(first) & ((1u64 << (8 - len)) - 1);
-        let value = bytes[1..]
-            .iter()
-            .fold(marker_cleared, |n, &b| (n << 8) | u64::from(b));
-        let all_ones = (1u64 << (7 * len)) - 1;
-        Some(if value == all_ones { u64::MAX } else { value })
-    }
-
-    fn take(&mut self, size: u64) -> Option<&'a [u8]> {
-        let end = self.pos.checked_add(usize::try_from(size).ok()?)?;
-        let bytes = self.data.get(self.pos..end)?;
-        self.pos = end;
-        Some(bytes)
-    }
-
-    fn skip(&mut self, size: u64) -> Option<()> {
-        self.take(size).map(|_| ())
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::build::{element, long_element};
     use super::*;
-
-    /// An element with a one-byte size.
-    fn element(id: &[u8], body: &[u8]) -> Vec<u8> {
-        assert!(body.len() < 127);
-        let mut out = id.to_vec();
-        out.push(0x80 | body.len() as u8);
-        out.extend_from_slice(body);
-        out
-    }
-
-    fn track(kind: u8, codec: &str) -> Vec<u8> {
-        let mut body = element(&[0x83], &[kind]);
-        body.extend(element(&[0x86], codec.as_bytes()));
-        element(&[0xAE], &body)
-    }
-
-    /// EBML header, a Segment of unknown size, Info, Tracks, then a Cluster.
-    fn header(tracks: &[Vec<u8>]) -> Vec<u8> {
-        let mut out = element(&[0x1A, 0x45, 0xDF, 0xA3], &element(&[0x42, 0x82], b"webm"));
-        out.extend([
-            0x18, 0x53, 0x80, 0x67, 0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
-        ]);
-        out.extend(element(
-            &[0x15, 0x49, 0xA9, 0x66],
-            &element(&[0x2A, 0xD7, 0xB1], &[0x0F, 0x42, 0x40]),
-        ));
-        out.extend(element(&[0xEC], &[0; 10])); // Void
-        out.extend(element(&[0x16, 0x54, 0xAE, 0x6B], &tracks.concat()));
-        out.extend([
-            0x1F, 0x43, 0xB6, 0x75, 0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
-        ]);
-        out
-    }
-
-    #[test]
-    fn reads_the_codecs_browsers_record() {
-        let cases = [
-            (
-                vec![track(1, "V_VP8"), track(2, "A_OPUS")],
-                Some("vp8"),
-                Some("opus"),
-            ),
-            (
-                vec![track(2, "A_OPUS"), track(1, "V_VP9")],
-                Some("vp9"),
-                Some("opus"),
-            ),
-            (
-                vec![track(1, "V_MPEG4/ISO/AVC"), track(2, "A_OPUS")],
-                Some("h264"),
-                Some("opus"),
-            ),
-            (vec![track(2, "A_OPUS")], None, Some("opus")),
-            (vec![track(1, "V_AV1")], Some("av1"), None),
-        ];
-        for (tracks, video, audio) in cases {
-            let streams = codecs(&header(&tracks)).expect("readable header");
-            assert_eq!(streams.video.as_deref(), video);
-            assert_eq!(streams.audio.as_deref(), audio);
-        }
-    }
-
-    #[test]
-    fn gives_up_on_what_it_does_not_know() {
-        let full = header(&[track(1, "V_VP8"), track(2, "A_OPUS")]);
-        // Cut inside Tracks, garbage, another format, an unknown codec, no Tracks at all.
-        assert_eq!(codecs(&full[..full.len() - 30]), None);
-        assert_eq!(codecs(b"\x00\x01\x02 not a recording"), None);
-        assert_eq!(codecs(&[]), None);
-        assert_eq!(codecs(b"\x00\x00\x00\x20ftypisom"), None);
-        assert_eq!(
-            codecs(&header(&[track(1, "V_VP8"), track(2, "A_PCM/INT/LIT")])),
-            None
-        );
-        assert_eq!(codecs(&header(&[])), None);
-    }
-
-    #[test]
-    fn variable_length_integers() {
-        let mut reader = Reader {
-            data: &[0x81, 0x40, 0x02, 0xFF, 0x1A, 0x45, 0xDF, 0xA3],
-            pos: 0,
-        };
-        assert_eq!(reader.vint(8, true), Some(1));
-        assert_eq!(reader.vint(8, true), Some(2));
-        assert_eq!(
-            reader.vint(8, true),
-            Some(u64::MAX),
-            "all ones: unknown size"
-        );
-        assert_eq!(reader.vint(4, false), Some(0x1A45_DFA3));
-    }
-
-    /// An element with an 8-byte size, so any body fits.
-    fn long_element(id: &[u8], body: &[u8]) -> Vec<u8> {
-        let mut out = id.to_vec();
-        out.push(0x01);
-        out.extend_from_slice(&(body.len() as u64).to_be_bytes()[1..]);
-        out.extend_from_slice(body);
-        out
-    }
 
     /// A SimpleBlock (or, with `id` 0xA1, a Block) without lacing.
     fn block(id: u8, track: u8, relative: i16, payload: &[u8]) -> Vec<u8> {
