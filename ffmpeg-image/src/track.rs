@@ -319,6 +319,12 @@ impl<T> std::future::Future for AbortOnDrop<T> {
 /// A chunk holding exactly the bytes of the one before it is bad input: MediaRecorder never makes
 /// two equal chunks, so it is one chunk stored under two numbers (a retried upload sent to the
 /// wrong key), and the recording would have a hole where the real chunk belongs.
+///
+/// So is a chunk whose packet times do not follow the chunks before it ([`webm::ChunkSpan::check`]:
+/// back by more than a second, or on by more than ten): a chunk out of order, stored again under a
+/// later number, or from another recording. ffmpeg would carry on past it and make a file with a
+/// hole and times that go backwards. Each chunk's timing is read before ffmpeg gets the chunk, so
+/// the chunk is named before ffmpeg can complain about what follows from it.
 async fn feed(
     ctx: &Context,
     plan: &TrackPlan,
@@ -351,6 +357,19 @@ async fn feed(
             });
         }
         feeding.store(index, Ordering::Relaxed);
+        // Microseconds a chunk: only element headers and the first bytes of blocks are read.
+        let span = timing.feed_chunk(&chunk);
+        if let Err(discontinuity) = span.check() {
+            let name = &plan.chunks[index.min(plan.chunks.len() - 1)].name;
+            return Err(WorkerError::UnreadableChunk {
+                participant: plan.participant.clone(),
+                chunk: name.clone(),
+                detail: format!(
+                    "chunk {name} of {} is out of place (out of order, stored again, or from another recording): {discontinuity}",
+                    plan.participant
+                ),
+            });
+        }
         match ffmpeg_in.write_all(&chunk).await {
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => {
@@ -358,8 +377,6 @@ async fn feed(
             }
             Err(err) => return Err(WorkerError::Processing(format!("writing to ffmpeg: {err}"))),
         }
-        // Microseconds a chunk: only element headers and the first bytes of blocks are read.
-        timing.feed(&chunk);
         ctx.progress.add(chunk.len() as u64);
         index += 1;
     }

@@ -389,6 +389,8 @@ async fn two_tracks_in_one_job_both_come_out_right() -> anyhow::Result<()> {
 enum Damage {
     Remove(usize),
     Replace(usize, Vec<u8>),
+    /// The two chunks' objects hold each other's bytes.
+    Swap(usize, usize),
     RemoveAll,
     None,
 }
@@ -427,12 +429,24 @@ async fn bad_input_of(
     reason: &str,
     names: &str,
 ) -> anyhow::Result<()> {
+    bad_input_naming_one_of(recording, damage, count_delta, reason, &[names]).await
+}
+
+/// [`bad_input_of`] for damage that two checks can find first: the message names one of `names`.
+async fn bad_input_naming_one_of(
+    recording: &str,
+    damage: Damage,
+    count_delta: Option<i32>,
+    reason: &str,
+    names: &[&str],
+) -> anyhow::Result<()> {
     let setup = setup().await?;
     let mut chunks: Vec<Option<Vec<u8>>> = chunks(&VP8_30S)?.into_iter().map(Some).collect();
     let confirmed = count_delta.map(|delta| (chunks.len() as i32 + delta) as u32);
     match damage {
         Damage::Remove(i) => chunks[i] = None,
         Damage::Replace(i, bytes) => chunks[i] = Some(bytes),
+        Damage::Swap(i, j) => chunks.swap(i, j),
         Damage::RemoveAll => chunks.iter_mut().for_each(|c| *c = None),
         Damage::None => {}
     }
@@ -456,8 +470,8 @@ async fn bad_input_of(
     assert_eq!(run.code(), Some(2), "{}", run.explain());
     assert_eq!(run.reason(), reason, "{}", run.explain());
     assert!(
-        run.message().contains(names),
-        "the message should name {names:?}: {}",
+        names.iter().any(|names| run.message().contains(names)),
+        "the message should name one of {names:?}: {}",
         run.explain()
     );
     assert!(
@@ -526,6 +540,54 @@ async fn a_chunk_stored_twice_under_two_numbers_is_bad_input_and_named() -> anyh
         0,
         "UnreadableChunk",
         "chunk 00000008.webm of alice holds exactly the bytes of chunk 00000007.webm",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunks_out_of_order_are_bad_input_and_named() -> anyhow::Result<()> {
+    // Chunk 7's object holds what chunk 8 recorded and the other way round. Two checks can
+    // find it, whichever is first: ffmpeg, at the byte of chunk 7 where its bytes meet chunk 6's,
+    // or the worker, at chunk 8, whose packets go back in time after chunk 7's by more than a
+    // second (its check runs before ffmpeg gets chunk 8, not before ffmpeg reads chunk 7).
+    bad_input_naming_one_of(
+        "rec-swapped",
+        Damage::Swap(7, 8),
+        Some(0),
+        "UnreadableChunk",
+        &[
+            "chunk 00000007.webm is unreadable (byte ",
+            "chunk 00000008.webm of alice is out of place",
+        ],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunk_stored_again_under_a_later_number_is_bad_input_and_named() -> anyhow::Result<()> {
+    // Chunk 12's object holds chunk 3's bytes: its packets are 9 s before chunk 11's. The worker
+    // finds it before ffmpeg gets the chunk.
+    let earlier = chunks(&VP8_30S)?[3].clone();
+    bad_input(
+        "rec-again",
+        Damage::Replace(12, earlier),
+        0,
+        "UnreadableChunk",
+        "chunk 00000012.webm of alice is out of place (out of order, stored again, or from another recording): its first packet is at",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunk_from_far_later_in_the_recording_is_bad_input_and_named() -> anyhow::Result<()> {
+    // Chunk 5's object holds chunk 25's bytes: its packets are 20 s after chunk 4's.
+    let later = chunks(&VP8_30S)?[25].clone();
+    bad_input(
+        "rec-later",
+        Damage::Replace(5, later),
+        0,
+        "UnreadableChunk",
+        "chunk 00000005.webm of alice is out of place",
     )
     .await
 }

@@ -6,7 +6,7 @@
 //! EBML header, then the Segment's children up to the first Cluster, where `Tracks` lists each
 //! track's type and codec id. Anything unexpected returns `None` and the caller asks ffprobe.
 
-use super::{CLUSTER, CODEC_ID, EBML, Reader, SEGMENT, TRACK_ENTRY, TRACK_TYPE, TRACKS};
+use super::{CLUSTER, CODEC_ID, EBML, Reader, SEGMENT, TRACK_ENTRY, TRACK_TYPE, TRACKS, uint};
 use crate::media::InputStreams;
 
 /// `TrackType` values.
@@ -52,7 +52,7 @@ fn tracks(data: &[u8]) -> Option<InputStreams> {
             let (id, size) = entry.element()?;
             let value = entry.take(size?)?;
             match id {
-                TRACK_TYPE => kind = Some(value.iter().fold(0u64, |n, &b| (n << 8) | u64::from(b))),
+                TRACK_TYPE => kind = Some(uint(value)?),
                 CODEC_ID => {
                     codec = Some(
                         std::str::from_utf8(value)

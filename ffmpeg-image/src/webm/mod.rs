@@ -8,7 +8,7 @@ mod header;
 mod timing;
 
 pub use header::codecs;
-pub use timing::Timing;
+pub use timing::{ChunkSpan, Discontinuity, MAX_BACKWARDS_NS, MAX_JUMP_NS, Timing};
 
 const EBML: u32 = 0x1A45_DFA3;
 const SEGMENT: u32 = 0x1853_8067;
@@ -34,8 +34,10 @@ const BLOCK: u32 = 0xA1;
 const BLOCK_DURATION: u32 = 0x9B;
 
 /// An unsigned integer element's value.
-fn uint(value: &[u8]) -> u64 {
-    value.iter().fold(0u64, |n, &b| (n << 8) | u64::from(b))
+/// `None` when it has more than 8 bytes: damaged, since no value the worker reads needs more,
+/// and folding them would drop the high bytes silently.
+fn uint(value: &[u8]) -> Option<u64> {
+    (value.len() <= 8).then(|| value.iter().fold(0u64, |n, &b| (n << 8) | u64::from(b)))
 }
 
 struct Reader<'a> {
