@@ -44,6 +44,8 @@ pub struct AppState {
     confirmed: Mutex<HashMap<(String, String), Confirmed>>,
     /// Confirmed counts not yet written to their markers, by marker name and participant.
     unwritten: Mutex<HashMap<String, BTreeMap<String, u32>>>,
+    /// Display names of the participants whose confirms are in `unwritten`, by marker.
+    unwritten_names: Mutex<HashMap<String, BTreeMap<String, String>>>,
 }
 
 /// The chunks of one track this replica knows to be in storage.
@@ -190,16 +192,18 @@ impl AppState {
         io: SocketIo,
         metrics: Metrics,
     ) -> AppState {
+        let book = Book::with_progress_interval(config.progress_interval);
         AppState {
             tokens: Tokens::new(&config.signing_key, config.token_ttl),
             config,
             storage,
             cluster,
-            book: AsyncMutex::new(Book::default()),
+            book: AsyncMutex::new(book),
             io,
             metrics,
             confirmed: Mutex::new(HashMap::new()),
             unwritten: Mutex::new(HashMap::new()),
+            unwritten_names: Mutex::new(HashMap::new()),
         }
     }
 
@@ -261,6 +265,7 @@ impl AppState {
             started_at: jiff::Timestamp::now().to_string(),
             started_by: claims.participant().to_string(),
             confirmed: BTreeMap::new(),
+            names: BTreeMap::new(),
         };
         self.cluster
             .create_marker(&marker)
@@ -399,6 +404,14 @@ impl AppState {
             .entry(marker.name.clone())
             .or_default()
             .insert(participant.to_string(), confirmed);
+        if let Some(name) = &claims.name {
+            self.unwritten_names
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(marker.name.clone())
+                .or_default()
+                .insert(participant.to_string(), name.clone());
+        }
         Ok(ConfirmAnswer {
             ok: true,
             recording_id: recording_id.to_string(),
@@ -454,7 +467,14 @@ impl AppState {
     pub async fn flush_confirmed(&self) {
         let unwritten =
             std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut names = std::mem::take(
+            &mut *self
+                .unwritten_names
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         for (name, mut counts) in unwritten {
+            let mut display = names.remove(&name).unwrap_or_default();
             if let Some(known) = self
                 .book
                 .lock()
@@ -463,12 +483,19 @@ impl AppState {
                 .and_then(|e| e.marker.as_ref())
             {
                 counts.retain(|p, c| known.confirmed.get(p).is_none_or(|k| *c > *k));
+                display.retain(|p, n| known.names.get(p) != Some(n));
             }
             if counts.is_empty() {
                 continue;
             }
-            if let Err(e) = self.cluster.write_confirmed(&name, &counts).await {
+            if let Err(e) = self.cluster.write_confirmed(&name, &counts, &display).await {
                 tracing::debug!(error = %e, "confirmed counts not written; the next confirm writes them");
+                self.unwritten_names
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(name.clone())
+                    .or_default()
+                    .extend(display);
                 let mut unwritten = self.unwritten.lock().unwrap_or_else(|p| p.into_inner());
                 let entry = unwritten.entry(name).or_default();
                 for (p, c) in counts {
@@ -829,10 +856,11 @@ impl AppState {
                 recording_id,
                 participant_id,
                 confirmed,
+                name,
                 ..
             } => (
                 "upload-progress",
-                json!({"recordingId": recording_id, "participantId": participant_id, "confirmed": confirmed}),
+                json!({"recordingId": recording_id, "participantId": participant_id, "confirmed": confirmed, "name": name}),
             ),
             Out::Error {
                 recording_id,

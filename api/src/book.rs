@@ -9,7 +9,7 @@
 //!   (those events were told by whoever was running then), and a relist after a dropped watch
 //!   announces only what really changed meanwhile;
 //! - phase, outputs, attempts and failure changes go out at once; a change of progress alone goes
-//!   out at most once per [`PROGRESS_INTERVAL`] per recording, the latest value winning;
+//!   out at most once per progress interval (default [`PROGRESS_INTERVAL`]) per recording, the latest value winning;
 //! - a snapshot of a room is what the room was last told, so a socket that joins hears exactly
 //!   the state the others have, and then the same changes as they.
 
@@ -33,6 +33,8 @@ pub struct Marker {
     pub started_by: String,
     /// Chunks confirmed so far, by participant, as the replicas that took the confirms wrote them.
     pub confirmed: BTreeMap<String, u32>,
+    /// Display names, by participant, as their tokens gave them with their first confirm.
+    pub names: BTreeMap<String, String>,
 }
 
 /// What a socket is told of a RecordingJob.
@@ -153,6 +155,8 @@ pub enum Out {
         recording_id: String,
         participant_id: String,
         confirmed: u32,
+        /// The participant's display name, when their token has one.
+        name: Option<String>,
     },
     /// `video-processing-error`: processing failed, or its RecordingJob was deleted unfinished.
     Error {
@@ -205,15 +209,33 @@ struct Sync {
 }
 
 /// See the module docs.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct Book {
+    /// Progress-only updates of one recording go out at most this often.
+    progress_interval: Duration,
     entries: BTreeMap<String, Entry>,
     rooms: BTreeMap<String, BTreeSet<String>>,
     markers: Sync,
     jobs: Sync,
 }
 
+impl Default for Book {
+    fn default() -> Book {
+        Book::with_progress_interval(PROGRESS_INTERVAL)
+    }
+}
+
 impl Book {
+    pub fn with_progress_interval(progress_interval: Duration) -> Book {
+        Book {
+            progress_interval,
+            entries: BTreeMap::new(),
+            rooms: BTreeMap::new(),
+            markers: Sync::default(),
+            jobs: Sync::default(),
+        }
+    }
+
     /// Both watches have listed everything once: snapshots are complete.
     pub fn synced(&self) -> bool {
         self.markers.synced && self.jobs.synced
@@ -242,26 +264,27 @@ impl Book {
             let (room, recording_id) = (entry.room_id.clone(), entry.recording_id.clone());
             match &entry.job {
                 Some(job) => out.push(Out::Update {
-                    room,
-                    recording_id,
+                    room: room.clone(),
+                    recording_id: recording_id.clone(),
                     job_name: job.job_name.clone(),
                     view: job.sent.clone(),
                 }),
-                None => {
-                    out.push(Out::StartRec {
+                None => out.push(Out::StartRec {
+                    room: room.clone(),
+                    recording_id: recording_id.clone(),
+                }),
+            }
+            // Each participant's confirmed chunks and name, while processing too: a page that
+            // joins late names everyone in the room's panel.
+            if let Some(marker) = &entry.marker {
+                for (participant, confirmed) in &marker.confirmed {
+                    out.push(Out::UploadProgress {
                         room: room.clone(),
                         recording_id: recording_id.clone(),
+                        participant_id: participant.clone(),
+                        confirmed: *confirmed,
+                        name: marker.names.get(participant).cloned(),
                     });
-                    for (participant, confirmed) in
-                        entry.marker.iter().flat_map(|m| m.confirmed.iter())
-                    {
-                        out.push(Out::UploadProgress {
-                            room: room.clone(),
-                            recording_id: recording_id.clone(),
-                            participant_id: participant.clone(),
-                            confirmed: *confirmed,
-                        });
-                    }
                 }
             }
         }
@@ -334,11 +357,12 @@ impl Book {
 
     /// Sends the progress that waited for its interval; call a few times a second.
     pub fn tick(&mut self, now: Instant) -> Vec<Out> {
+        let interval = self.progress_interval;
         let mut out = Vec::new();
         for entry in self.entries.values_mut() {
             if let Some(job) = &mut entry.job
                 && job.pending
-                && now.duration_since(job.sent_at) >= PROGRESS_INTERVAL
+                && now.duration_since(job.sent_at) >= interval
             {
                 job.sent = job.current.clone();
                 job.sent_at = now;
@@ -397,7 +421,10 @@ impl Book {
             });
         }
         // Counts only go up: a replica that saw fewer confirms never takes one back.
-        let before = old.map(|m| m.confirmed).unwrap_or_default();
+        let (before, names_before) = old.map(|m| (m.confirmed, m.names)).unwrap_or_default();
+        for (participant, name) in names_before {
+            marker.names.entry(participant).or_insert(name);
+        }
         for (participant, count) in &before {
             let now = marker
                 .confirmed
@@ -413,6 +440,7 @@ impl Book {
                         recording_id: recording.clone(),
                         participant_id: participant.clone(),
                         confirmed: *count,
+                        name: marker.names.get(participant).cloned(),
                     });
                 }
             }
@@ -428,6 +456,7 @@ impl Book {
     }
 
     fn apply_job(&mut self, job: JobInfo, live: bool, now: Instant, out: &mut Vec<Out>) {
+        let interval = self.progress_interval;
         let name = job.name.clone();
         let entry = self.entry(&name, &job.room_id, &job.recording_id);
         let (room, recording_id) = (entry.room_id.clone(), entry.recording_id.clone());
@@ -463,7 +492,7 @@ impl Book {
                     return;
                 }
                 let urgent = !tracked.current.same_but_progress(&tracked.sent);
-                let due = now.duration_since(tracked.sent_at) >= PROGRESS_INTERVAL;
+                let due = now.duration_since(tracked.sent_at) >= interval;
                 if !live {
                     // The first listing: this is what the room was told before we started.
                     tracked.sent = tracked.current.clone();
@@ -534,6 +563,7 @@ mod tests {
             started_at: "2026-01-01T00:00:00Z".into(),
             started_by: "host".into(),
             confirmed: BTreeMap::new(),
+            names: BTreeMap::new(),
         }
     }
 

@@ -26,6 +26,8 @@ pub const MARKER_SELECTOR: &str =
 
 /// Annotation prefix of a participant's confirmed chunk count on a marker.
 pub const CONFIRMED_PREFIX: &str = "confirmed.mixdown.dev/";
+/// Annotation prefix of a participant's display name on a marker (the room's panel shows it).
+pub const NAME_PREFIX: &str = "name.mixdown.dev/";
 
 mod keys {
     pub const ROOM: &str = "roomId";
@@ -162,12 +164,14 @@ impl Cluster {
         }
     }
 
-    /// Writes confirmed chunk counts (by participant) on the marker `name`; every replica's
-    /// marker watch turns a rise into `upload-progress` for its sockets.
+    /// Writes confirmed chunk counts (by participant) on the marker `name`, with the display
+    /// names of those participants; every replica's marker watch turns a rise into
+    /// `upload-progress` for its sockets.
     pub async fn write_confirmed(
         &self,
         name: &str,
         counts: &BTreeMap<String, u32>,
+        names: &BTreeMap<String, String>,
     ) -> Result<(), ClusterError> {
         // Participant ids are minted by the API (`g-…`, `h-…`), always valid annotation names
         // (at most 63 characters, alphanumeric at both ends); anything else is left out rather
@@ -176,6 +180,12 @@ impl Cluster {
             .iter()
             .filter(|(p, _)| annotation_name(p))
             .map(|(p, c)| (format!("{CONFIRMED_PREFIX}{p}"), c.to_string().into()))
+            .chain(
+                names
+                    .iter()
+                    .filter(|(p, _)| counts.contains_key(*p) && annotation_name(p))
+                    .map(|(p, n)| (format!("{NAME_PREFIX}{p}"), n.clone().into())),
+            )
             .collect();
         if annotations.is_empty() {
             return Ok(());
@@ -234,6 +244,16 @@ pub fn marker_of(cm: &ConfigMap) -> Option<Marker> {
                 .then(|| Some((participant.to_string(), v.parse().ok()?)))?
         })
         .collect();
+    let names = cm
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter_map(|(k, v)| {
+            let participant = k.strip_prefix(NAME_PREFIX)?;
+            mixdown_crds::is_valid_id(participant).then(|| (participant.to_string(), v.clone()))
+        })
+        .collect();
     Some(Marker {
         name: cm.metadata.name.clone()?,
         room_id: get(keys::ROOM).filter(|r| mixdown_crds::is_valid_id(r))?,
@@ -241,6 +261,7 @@ pub fn marker_of(cm: &ConfigMap) -> Option<Marker> {
         started_at: get(keys::STARTED_AT).unwrap_or_default(),
         started_by: get(keys::STARTED_BY).unwrap_or_default(),
         confirmed,
+        names,
     })
 }
 

@@ -113,6 +113,12 @@ pub struct Args {
           value_parser = clap::value_parser!(i64).range(0..=86_400))]
     pub upload_timeout_seconds: i64,
 
+    /// Progress-only updates of one recording go to its room at most this often, in
+    /// milliseconds (phase changes never wait).
+    #[arg(long, env = "MIXDOWN_PROGRESS_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(100..=10_000), value_name = "MS")]
+    pub progress_interval_ms: u64,
+
     /// Origins allowed to call the API from a browser (comma-separated), e.g.
     /// `https://studio.example.com`. Empty: same-origin only.
     #[arg(long, env = "MIXDOWN_STUDIO_ORIGINS", value_delimiter = ',')]
@@ -181,6 +187,7 @@ pub struct Config {
     pub output_profile: Profile,
     pub job_ttl_seconds: Option<i32>,
     pub upload_timeout_seconds: i64,
+    pub progress_interval: Duration,
     pub public_url: String,
 }
 
@@ -278,6 +285,7 @@ impl Args {
             output_profile: self.output_profile.into(),
             job_ttl_seconds: self.job_ttl_seconds,
             upload_timeout_seconds: self.upload_timeout_seconds,
+            progress_interval: Duration::from_millis(self.progress_interval_ms),
             public_url: self
                 .public_url
                 .clone()

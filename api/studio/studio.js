@@ -18,6 +18,14 @@
     'video/webm;codecs=vp9,opus',
     'video/webm',
   ];
+  const FORMAT_KEY = 'mixdown.format';
+  // The formats a participant may pick, in the order offered (the first one the browser records
+  // is the default).
+  const FORMATS = [
+    { value: 'h264', label: 'H.264 (fastest to process)', types: TYPES.slice(0, 2) },
+    { value: 'vp8', label: 'VP8', types: ['video/webm;codecs=vp8,opus'] },
+    { value: 'vp9', label: 'VP9', types: ['video/webm;codecs=vp9,opus'] },
+  ];
 
   const state = {
     session: null,
@@ -32,6 +40,8 @@
     outage: false,
     unsent: 0,
     recordedByMe: new Map(),
+    // participantId -> display name, as the server tells them (from each one's token)
+    names: new Map(),
   };
 
   // ---- words a person understands ----
@@ -311,7 +321,25 @@
 
   // ---- the recorder ----
 
+  function supported(type) {
+    return Boolean(window.MediaRecorder && MediaRecorder.isTypeSupported(type));
+  }
+
+  /** The format picker: what this browser can record, the participant's last choice selected. */
+  function listFormats() {
+    const offered = FORMATS.filter((f) => f.types.some(supported));
+    const saved = localStorage.getItem(FORMAT_KEY);
+    $('format').replaceChildren(...offered.map((f) => {
+      const option = new Option(f.label, f.value);
+      option.selected = f.value === saved;
+      return option;
+    }));
+  }
+
   function pickType() {
+    const chosen = FORMATS.find((f) => f.value === $('format').value);
+    const type = chosen && chosen.types.find(supported);
+    if (type) return type;
     for (const type of TYPES) {
       if (window.MediaRecorder && MediaRecorder.isTypeSupported(type)) return type;
     }
@@ -353,6 +381,8 @@
         .then(() => { if (state.recorder === rec) state.recorder = null; pump(); render(); });
     };
     mr.start(TIMESLICE_MS);
+    // What the browser really records: the worker copies H.264 and encodes anything else.
+    $('me').dataset.mimeType = mr.mimeType || mimeType || '';
     render();
   }
 
@@ -408,7 +438,8 @@
     return rec;
   }
 
-  function noteConfirmed(recordingId, participantId, confirmed) {
+  function noteConfirmed(recordingId, participantId, confirmed, name) {
+    if (name) state.names.set(participantId, name);
     const rec = recording(recordingId);
     const known = rec.confirmed.get(participantId) || 0;
     if (confirmed > known) rec.confirmed.set(participantId, confirmed);
@@ -456,8 +487,8 @@
       render();
     });
     socket.on('stop-rec', ({ recordingId }) => { stopped(recordingId).then(render); });
-    socket.on('upload-progress', ({ recordingId, participantId, confirmed }) => {
-      noteConfirmed(recordingId, participantId, confirmed);
+    socket.on('upload-progress', ({ recordingId, participantId, confirmed, name }) => {
+      noteConfirmed(recordingId, participantId, confirmed, name);
       render();
     });
     socket.on('video-processing-started', processing);
@@ -525,7 +556,7 @@
       row.dataset.participant = p;
       row.dataset.stage = stage;
       const who = document.createElement('td');
-      who.textContent = p === me() ? `You (${state.session.name || p})` : p;
+      who.textContent = p === me() ? `You (${state.session.name || p})` : (state.names.get(p) || p);
       const status = document.createElement('td');
       const confirmed = rec.confirmed.get(p) || 0;
       status.textContent = WORDS[stage] + (stage === 'uploading' || stage === 'recording'
@@ -666,6 +697,8 @@
   $('copy-invite').addEventListener('click', () => navigator.clipboard && navigator.clipboard.writeText($('invite-url').value));
   $('camera').addEventListener('change', startMedia);
   $('microphone').addEventListener('change', startMedia);
+  $('format').addEventListener('change', () => localStorage.setItem(FORMAT_KEY, $('format').value));
+  listFormats();
   window.addEventListener('beforeunload', (event) => {
     if (state.unsent > 0 || state.recorder) {
       event.preventDefault();

@@ -119,4 +119,6 @@ pub mod env {
     /// Name and namespace of the RecordingJob whose `status.progress` the worker patches.
     pub const RECORDING_JOB: &str = "MIXDOWN_RECORDING_JOB";
     pub const NAMESPACE: &str = "MIXDOWN_NAMESPACE";
+    /// How often the worker reports progress, in milliseconds (50 to 2000; default 1000).
+    pub const PROGRESS_INTERVAL_MS: &str = "MIXDOWN_PROGRESS_INTERVAL_MS";
 }

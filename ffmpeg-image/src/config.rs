@@ -89,7 +89,7 @@ pub struct Args {
     pub namespace: Option<String>,
 
     /// Progress is reported (patched or logged) this often, in milliseconds.
-    #[arg(long, env = "MIXDOWN_PROGRESS_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=2000), value_name = "MS")]
+    #[arg(long, env = env::PROGRESS_INTERVAL_MS, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=2000), value_name = "MS")]
     pub progress_interval_ms: u64,
 
     /// Chunks downloaded ahead of ffmpeg, per track. Memory: about this many chunks per track.

@@ -75,6 +75,11 @@ pub struct Args {
     #[arg(long, env = "MIXDOWN_WORKER_SCRATCH_SIZE", default_value = "20Gi")]
     pub worker_scratch_size: String,
 
+    /// How often the worker reports progress on its RecordingJob, in milliseconds (a status
+    /// patch each time the percentage changed).
+    #[arg(long, env = "MIXDOWN_WORKER_PROGRESS_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=2000), value_name = "MS")]
+    pub worker_progress_interval_ms: u64,
+
     /// Most Jobs running at once; RecordingJobs beyond it wait as Queued, in creation order.
     #[arg(long, env = "MIXDOWN_MAX_RUNNING_JOBS", default_value_t = 10)]
     pub max_running_jobs: usize,
@@ -144,6 +149,7 @@ pub struct Config {
     pub worker_memory_request: String,
     pub worker_memory_limit: String,
     pub worker_scratch_size: String,
+    pub worker_progress_interval_ms: u64,
     /// Zero means no limit.
     pub max_running_jobs: usize,
 }
@@ -164,6 +170,7 @@ impl Default for Config {
             worker_memory_request: "512Mi".into(),
             worker_memory_limit: "2Gi".into(),
             worker_scratch_size: "20Gi".into(),
+            worker_progress_interval_ms: 1000,
             max_running_jobs: 10,
         }
     }
@@ -184,6 +191,7 @@ impl From<&Args> for Config {
             worker_memory_request: args.worker_memory_request.clone(),
             worker_memory_limit: args.worker_memory_limit.clone(),
             worker_scratch_size: args.worker_scratch_size.clone(),
+            worker_progress_interval_ms: args.worker_progress_interval_ms,
             max_running_jobs: args.max_running_jobs,
         }
     }

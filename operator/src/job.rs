@@ -170,6 +170,10 @@ pub fn build_job(rj: &RecordingJob, config: &Config) -> Result<Job> {
         ),
         env_var(env::RECORDING_JOB, name.clone()),
         env_var(env::NAMESPACE, namespace.clone()),
+        env_var(
+            env::PROGRESS_INTERVAL_MS,
+            config.worker_progress_interval_ms.to_string(),
+        ),
     ];
 
     let resources = spec.resources.clone().unwrap_or_else(|| {

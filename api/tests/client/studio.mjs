@@ -30,7 +30,7 @@ const browser = await chromium.launch({
     '--autoplay-policy=no-user-gesture-required',
   ],
 });
-const result = { scenario, stages: {}, progress: {}, links: {}, errors: {}, errorsSeen: {}, safe: {}, mimeType: null };
+const result = { scenario, stages: {}, progress: {}, links: {}, errors: {}, errorsSeen: {}, safe: {}, names: {}, recordedAs: {}, mimeType: null };
 try {
   const context = async (name) => {
     const ctx = await browser.newContext({ viewport: { width: 1100, height: 800 } });
@@ -64,6 +64,10 @@ try {
   result.inviteLeftInUrl = guest.url().includes('invite=');
 
   await host.waitForSelector('#record:not([disabled])', { timeout: 30000 });
+  // In the basic run the guest picks VP8, so one track is copied (H.264) and one encoded.
+  if (scenario === 'basic') await guest.selectOption('#format', 'vp8');
+  result.chosen = {};
+  for (const [name, page] of Object.entries(pages)) result.chosen[name] = await page.inputValue('#format');
   result.mimeType = await host.evaluate(() =>
     ['video/webm;codecs=h264,opus', 'video/webm;codecs=vp8,opus'].find((t) => MediaRecorder.isTypeSupported(t)) || null);
   if (scenario === 'reload') {
@@ -83,6 +87,8 @@ try {
   for (const [name, page] of Object.entries(pages)) {
     await page.waitForSelector('tr[data-stage="recording"]', { timeout: 30000 });
     result.stages[name].push('recording');
+    await page.waitForSelector('#me[data-mime-type]', { timeout: 30000 });
+    result.recordedAs[name] = await page.getAttribute('#me', 'data-mime-type');
   }
   const started = Date.now();
   if (scenario === 'outage') {
@@ -147,6 +153,7 @@ try {
         result.safe[name] = await page.getAttribute('#safe', 'data-safe');
         await shot(name, 'ready');
         result.links[name] = await page.$$eval('a.download', (as) => as.map((a) => a.href));
+        result.names[name] = await page.$$eval('#participants tbody tr td:first-child', (tds) => tds.map((td) => td.textContent));
         return;
       }
       if (Date.now() > deadline) throw new Error(`${name}: not Ready in time; rows ${JSON.stringify(rows)}`);
