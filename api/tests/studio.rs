@@ -75,8 +75,9 @@ async fn run_studio(
     admin_key: &str,
     scenario: &str,
     seconds: u32,
+    label: &str,
 ) -> (Value, PathBuf) {
-    let dir = artifacts(&format!("studio-{scenario}"));
+    let dir = artifacts(&format!("studio-{label}"));
     let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/client");
     assert!(
         client.join("node_modules/playwright-core").is_dir(),
@@ -165,6 +166,47 @@ async fn check_both_pages(result: &Value, dir: &Path, seconds: f64) {
             progress.windows(2).all(|w| w[0] <= w[1]),
             "{who}'s progress bar went back: {progress:?}"
         );
+        // Everyone in the panel by name: "You (…)" for oneself, the others as they joined.
+        let names: Vec<&str> = result["names"][who]
+            .as_array()
+            .expect("names")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let (me, other) = if who == "host" {
+            ("You (Host)", "Guest")
+        } else {
+            ("You (Guest)", "Host")
+        };
+        assert!(
+            names.contains(&me) && names.contains(&other),
+            "{who}'s panel names both participants: {names:?}"
+        );
+        // The recorder takes H.264 where the browser offers it (the worker then copies the
+        // video instead of encoding it), VP8 otherwise.
+        // A participant may pick another format in the page.
+        let offered = result["mimeType"].as_str().unwrap_or_default();
+        let chosen = result["chosen"][who].as_str().unwrap_or_default();
+        let recorded = result["recordedAs"][who].as_str().unwrap_or_default();
+        let h264 = recorded.contains("h264") || recorded.contains("avc1");
+        if chosen == "vp8" {
+            assert!(
+                recorded.contains("vp8"),
+                "{who} chose VP8, recorded {recorded:?}"
+            );
+        } else {
+            assert_eq!(
+                h264,
+                offered.contains("h264"),
+                "{who} recorded as {recorded:?}, the browser offered {offered:?}"
+            );
+            if !h264 {
+                assert!(
+                    recorded.contains("vp8") || recorded.contains("vp9"),
+                    "{recorded}"
+                );
+            }
+        }
         for stage in ["recording", "processing", "ready"] {
             assert!(
                 dir.join(format!("{who}-{stage}.png")).is_file(),
@@ -198,10 +240,28 @@ async fn check_both_pages(result: &Value, dir: &Path, seconds: f64) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_host_and_a_guest_record_in_the_browser_and_both_get_their_files() {
     let world = World::new(&[]).await;
-    let _operator = world.operator(WORKER_IMAGE, &[]);
-    let api = ApiServer::start(&world, &["--output-profile", "mp4"]).await;
-    let (result, dir) = run_studio(Some(&world), &api.url, ADMIN_KEY, "basic", 5).await;
+    // Progress reported and passed on five times a second, so a few seconds of processing
+    // show on the bar (a one-minute recording moves it at the default of once a second).
+    let _operator = world.operator(WORKER_IMAGE, &["--worker-progress-interval-ms", "200"]);
+    let api = ApiServer::start(
+        &world,
+        &["--output-profile", "mp4", "--progress-interval-ms", "200"],
+    )
+    .await;
+    let (result, dir) = run_studio(Some(&world), &api.url, ADMIN_KEY, "basic", 5, "basic").await;
     check_both_pages(&result, &dir, 5.0).await;
+    for who in ["host", "guest"] {
+        let seen: Vec<i64> = result["progress"][who]
+            .as_array()
+            .expect("progress")
+            .iter()
+            .filter_map(Value::as_i64)
+            .collect();
+        assert!(
+            seen.iter().any(|p| *p > 0 && *p < 100),
+            "{who}'s progress bar moved while processing (the guest's VP8 is encoded): {seen:?}"
+        );
+    }
     assert_eq!(
         result["inviteLeftInUrl"], false,
         "the invite token leaves the address bar"
@@ -219,7 +279,7 @@ async fn a_storage_outage_mid_recording_loses_no_second() {
     let world = World::new(&[]).await;
     let _operator = world.operator(WORKER_IMAGE, &[]);
     let api = ApiServer::start(&world, &["--output-profile", "mp4"]).await;
-    let (result, dir) = run_studio(Some(&world), &api.url, ADMIN_KEY, "outage", 8).await;
+    let (result, dir) = run_studio(Some(&world), &api.url, ADMIN_KEY, "outage", 8, "outage").await;
     let seen = result["errorsSeen"].to_string();
     assert!(
         seen.contains("Storage is unreachable"),
@@ -233,7 +293,7 @@ async fn a_guest_reloaded_mid_upload_resumes_from_its_spool_and_loses_no_second(
     let world = World::new(&[]).await;
     let _operator = world.operator(WORKER_IMAGE, &[]);
     let api = ApiServer::start(&world, &["--output-profile", "mp4"]).await;
-    let (result, dir) = run_studio(Some(&world), &api.url, ADMIN_KEY, "reload", 6).await;
+    let (result, dir) = run_studio(Some(&world), &api.url, ADMIN_KEY, "reload", 6, "reload").await;
     assert_eq!(
         result["unsentBeforeReload"], true,
         "chunks were still queued: {result:#}"
@@ -259,8 +319,43 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_local_run_starts_records_from_the_page_and_leaves_nothing_behind() {
+/// The pids of `pid`'s children, with their command lines.
+fn children_of(pid: u32) -> Vec<(u32, String)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+                    let rest = &stat[stat.rfind(')')? + 2..];
+                    rest.split(' ').nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .map(|child| {
+            let cmd = std::fs::read(format!("/proc/{child}/cmdline"))
+                .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+                .unwrap_or_default();
+            (child, cmd)
+        })
+        .collect()
+}
+
+/// `mixdown-local` started with `args` (its neighbours built first), once it printed that it is
+/// ready: the child, what it printed (`key: value` lines) and how long it took.
+async fn start_local(
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: &Path,
+) -> (
+    tokio::process::Child,
+    std::collections::BTreeMap<String, String>,
+    Duration,
+) {
     use tokio::io::AsyncBufReadExt;
     // mixdown-local runs its neighbours: make sure they are built, in this profile.
     for (package, bin) in [
@@ -271,14 +366,12 @@ async fn the_local_run_starts_records_from_the_page_and_leaves_nothing_behind() 
         mixdown_testkit::bins::workspace_binary(package, bin);
     }
     let local = mixdown_testkit::bins::workspace_binary("mixdown-testkit", "mixdown-local");
-    let data = tempfile::tempdir().expect("temp dir");
-    let port = free_port();
     let started = std::time::Instant::now();
     let mut child = tokio::process::Command::new(&local)
-        .args(["--data-dir", data.path().to_str().expect("utf-8 path")])
-        .args(["--port", &port.to_string()])
+        .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(data.path().join("local.log")).expect("log"))
+        .stderr(std::fs::File::create(log).expect("log"))
         .kill_on_drop(true)
         .spawn()
         .expect("starting mixdown-local");
@@ -295,13 +388,43 @@ async fn the_local_run_starts_records_from_the_page_and_leaves_nothing_behind() 
         }
         panic!(
             "mixdown-local ended before it was ready:\n{}",
-            std::fs::read_to_string(data.path().join("local.log")).unwrap_or_default()
+            std::fs::read_to_string(log).unwrap_or_default()
         );
     };
     tokio::time::timeout(Duration::from_secs(180), read)
         .await
         .expect("mixdown-local is ready within 3 minutes");
-    let ready_after = started.elapsed();
+    (child, printed, started.elapsed())
+}
+
+/// Ctrl-C to `child`: it exits cleanly within a minute.
+async fn interrupt(child: &mut tokio::process::Child) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id().expect("running") as i32, libc::SIGINT);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("mixdown-local stops within a minute of Ctrl-C")
+        .expect("its exit status");
+    assert!(status.success(), "mixdown-local exited with {status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_local_run_starts_records_from_the_page_and_leaves_nothing_behind() {
+    let data = tempfile::tempdir().expect("temp dir");
+    let port = free_port().to_string();
+    let (mut child, printed, ready_after) = start_local(
+        &[
+            "--data-dir",
+            data.path().to_str().expect("utf-8 path"),
+            "--port",
+            &port,
+        ],
+        &[],
+        &data.path().join("local.log"),
+    )
+    .await;
     let studio = printed.get("studio").expect("the studio address").clone();
     let admin_key = printed.get("admin key").expect("the admin key").clone();
     let namespace = printed.get("namespace").expect("the namespace").clone();
@@ -318,20 +441,19 @@ async fn the_local_run_starts_records_from_the_page_and_leaves_nothing_behind() 
         "{printed:?}"
     );
 
-    let (result, dir) =
-        run_studio(None, studio.trim_end_matches('/'), &admin_key, "basic", 5).await;
+    let (result, dir) = run_studio(
+        None,
+        studio.trim_end_matches('/'),
+        &admin_key,
+        "basic",
+        5,
+        "local-run",
+    )
+    .await;
     check_both_pages(&result, &dir, 5.0).await;
 
     // Ctrl-C stops everything it started.
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(child.id().expect("running") as i32, libc::SIGINT);
-    }
-    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .expect("mixdown-local stops within a minute of Ctrl-C")
-        .expect("its exit status");
-    assert!(status.success(), "mixdown-local exited with {status}");
+    interrupt(&mut child).await;
     for needle in [cluster_dir.to_str().expect("utf-8"), namespace.as_str()] {
         let left = processes_mentioning(needle);
         assert!(left.is_empty(), "still running after Ctrl-C: {left:#?}");
@@ -344,4 +466,111 @@ async fn the_local_run_starts_records_from_the_page_and_leaves_nothing_behind() 
         "local run ready in {:.1} s (debug build)",
         ready_after.as_secs_f64()
     );
+}
+
+/// The same command with a kubeconfig and storage settings: only the operator and the API run
+/// here, against a cluster that is not its own (the test kit's, with its pod runner standing in
+/// for the nodes) and storage that is not its own (the test kit's S3-compatible server standing
+/// in for R2).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_local_run_against_a_cluster_and_storage_runs_only_the_operator_and_the_api() {
+    let world = World::new(&[]).await;
+    let data = tempfile::tempdir().expect("temp dir");
+    let port = free_port().to_string();
+    let kubeconfig = world
+        .cp
+        .kubeconfig_path()
+        .to_str()
+        .expect("utf-8")
+        .to_string();
+    let cluster_args = |secret: &'static str| {
+        vec![
+            "--data-dir".to_string(),
+            data.path().to_str().expect("utf-8 path").to_string(),
+            "--port".to_string(),
+            port.clone(),
+            "--kubeconfig".to_string(),
+            kubeconfig.clone(),
+            "--namespace".to_string(),
+            world.namespace().to_string(),
+            "--s3-endpoint".to_string(),
+            world.s3.endpoint().to_string(),
+            "--s3-region".to_string(),
+            world.s3.region().to_string(),
+            "--s3-bucket".to_string(),
+            world.bucket.clone(),
+            "--s3-path-style".to_string(),
+            "true".to_string(),
+            "--s3-credentials-secret".to_string(),
+            secret.to_string(),
+            "--worker-image".to_string(),
+            WORKER_IMAGE.to_string(),
+        ]
+    };
+    let env = [
+        ("AWS_ACCESS_KEY_ID", world.s3.access_key()),
+        ("AWS_SECRET_ACCESS_KEY", world.s3.secret_key()),
+    ];
+
+    // What the cluster lacks is named, with the command that adds it, before anything starts.
+    let local = mixdown_testkit::bins::workspace_binary("mixdown-testkit", "mixdown-local");
+    let refused = tokio::process::Command::new(&local)
+        .args(cluster_args("no-such-secret"))
+        .envs(env)
+        .output()
+        .await
+        .expect("mixdown-local runs");
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "it refuses to start: {said}");
+    assert!(
+        said.contains("Secret no-such-secret")
+            && said.contains("create secret generic no-such-secret"),
+        "the missing Secret is named with the command that creates it: {said}"
+    );
+
+    let args = cluster_args(CREDENTIALS_SECRET);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut child, printed, _) = start_local(&args, &env, &data.path().join("local.log")).await;
+    assert_eq!(printed.get("kubeconfig"), Some(&kubeconfig), "{printed:?}");
+    assert!(
+        printed
+            .get("mode")
+            .is_some_and(|m| m.starts_with("cluster")),
+        "{printed:?}"
+    );
+    let children = children_of(child.id().expect("running"));
+    let names: Vec<&str> = children.iter().map(|(_, cmd)| cmd.as_str()).collect();
+    assert_eq!(
+        children.len(),
+        2,
+        "only the operator and the API: {names:#?}"
+    );
+    assert!(
+        names.iter().any(|c| c.contains("mixdown-operator"))
+            && names.iter().any(|c| c.contains("mixdown-api")),
+        "{names:#?}"
+    );
+
+    let studio = printed.get("studio").expect("the studio address").clone();
+    let admin_key = printed.get("admin key").expect("the admin key").clone();
+    let (result, dir) = run_studio(
+        Some(&world),
+        studio.trim_end_matches('/'),
+        &admin_key,
+        "basic",
+        5,
+        "cluster-run",
+    )
+    .await;
+    check_both_pages(&result, &dir, 5.0).await;
+
+    interrupt(&mut child).await;
+    for (pid, cmd) in children {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "{cmd} is still running after Ctrl-C"
+        );
+    }
 }

@@ -6,7 +6,8 @@
 //!   packages installed from their lockfiles, formatting, clippy, the worker image, then every
 //!   unit and integration test.
 //! - `up`: all of Mixdown on this machine (local control plane, storage, pod runner, operator,
-//!   API with the studio page), built in release mode, until Ctrl-C.
+//!   API with the studio page), built in release mode, until Ctrl-C; with `--kubeconfig` and
+//!   storage settings, only the operator and the API, against that cluster and storage.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -63,14 +64,21 @@ const LOCAL_PREREQUISITES: &[(&str, &str)] = &[
 ];
 
 fn up(root: &Path, args: &[String]) -> anyhow::Result<()> {
-    if let Some(missing) = missing(LOCAL_PREREQUISITES) {
-        bail!("Mixdown's local run needs:\n{missing}");
-    }
     let mut sh = Shell {
         root: root.to_path_buf(),
         env: Vec::new(),
     };
-    prepare_envtest(&mut sh)?;
+    // Against a real cluster (`--kubeconfig`) only the operator and the API run here: no local
+    // control plane, and the worker (with its ffmpeg) runs in the cluster.
+    let on_a_cluster = args
+        .iter()
+        .any(|a| a == "--kubeconfig" || a.starts_with("--kubeconfig="));
+    if !on_a_cluster {
+        if let Some(missing) = missing(LOCAL_PREREQUISITES) {
+            bail!("Mixdown's local run needs:\n{missing}");
+        }
+        prepare_envtest(&mut sh)?;
+    }
     // Every binary the run starts, built once, in release mode (the worker encodes video).
     sh.run(sh.cmd("cargo").args([
         "build",
