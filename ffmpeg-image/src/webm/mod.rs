@@ -5,6 +5,8 @@
 //! variable-length integers and a reader of elements in a buffer.
 
 mod header;
+#[cfg(test)]
+mod proptests;
 mod timing;
 
 pub use header::codecs;
