@@ -39,6 +39,9 @@ struct Args {
     /// Format of the finished files: mp4, webm or audio.
     #[arg(long, default_value = "mp4")]
     output_profile: String,
+    /// How often processing progress is reported and passed on to the room, in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=2000), value_name = "MS")]
+    progress_interval_ms: u64,
     #[command(flatten)]
     cluster: ClusterArgs,
 }
@@ -150,7 +153,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await?;
             s3.ensure_bucket(BUCKET)?;
             let world = World::new_on(&[], s3, BUCKET.to_string()).await;
-            let operator = world.operator(WORKER_IMAGE, &[]);
+            let interval = args.progress_interval_ms.to_string();
+            let operator =
+                world.operator(WORKER_IMAGE, &["--worker-progress-interval-ms", &interval]);
             operator.wait_up().await;
             let backend = Backend {
                 kubeconfig: world.cp.kubeconfig_path().to_path_buf(),
@@ -184,7 +189,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             );
             preflight(&backend, cluster).await?;
             eprintln!("mixdown: starting the operator…");
-            operator_child = Some(start_operator(&backend, cluster, &data).await?);
+            operator_child = Some(
+                start_operator(&backend, cluster, &data, args.progress_interval_ms).await?,
+            );
             backend
         }
     };
@@ -214,6 +221,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
         .args(["--public-url", &public_url])
         .args(["--output-profile", &args.output_profile])
+        .args([
+            "--progress-interval-ms",
+            &args.progress_interval_ms.to_string(),
+        ])
         .args(["--log-format", "text"]);
     let mut api = spawn_tied(api, &api_log).context("starting mixdown-api")?;
     let ready = format!("http://127.0.0.1:{metrics_port}/readyz");
@@ -385,6 +396,7 @@ async fn start_operator(
     backend: &Backend,
     cluster: &ClusterArgs,
     data: &Path,
+    progress_interval_ms: u64,
 ) -> anyhow::Result<Child> {
     let metrics_port = free_port();
     let log = data.join("operator.log");
@@ -406,6 +418,10 @@ async fn start_operator(
         .args(["--s3-credentials-secret", &cluster.s3_credentials_secret])
         .args(["--worker-service-account", &cluster.worker_service_account])
         .args(["--lease-namespace", &backend.namespace])
+        .args([
+            "--worker-progress-interval-ms",
+            &progress_interval_ms.to_string(),
+        ])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
         .args(["--log-format", "text"]);
     let mut child = spawn_tied(cmd, &log).context("starting mixdown-operator")?;
