@@ -80,8 +80,13 @@ pub mod reasons {
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
     /// The worker exited with the bad-input code without a readable report.
     pub const INVALID_INPUT: &str = "InvalidInput";
-    /// The spec cannot be turned into a Job (the operator's own validation).
+    /// The spec cannot be turned into a Job (the operator's own validation), or the API server
+    /// refused the Job built from it as invalid (422, 400).
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The API server refused the operator's create of the Job (403: missing RBAC, a policy).
+    pub const FORBIDDEN: &str = "Forbidden";
+    /// A Job of the RecordingJob's name exists and is controlled by something else.
+    pub const JOB_CONFLICT: &str = "JobConflict";
 
     // Reasons the worker reports for bad input (exit code 2).
     pub const NO_CHUNKS: &str = "NoChunks";

@@ -32,7 +32,7 @@ use crate::attempts::attempts;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::events::Events;
-use crate::job::{build_job, is_owned_by, validate};
+use crate::job::{Ownership, build_job, ownership, validate};
 use crate::metrics::Metrics;
 use crate::slots::{Census, QueueKey, Slots, next_in_line};
 use crate::status::{
@@ -160,19 +160,30 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
     let mut previous = view.status.clone().unwrap_or_default();
     let job_ref = ObjectRef::<Job>::new(&name).within(&namespace);
     let mut job = ctx.jobs.get(&job_ref);
-    if job.as_deref().is_some_and(|j| !is_owned_by(j, rj)) {
-        // A Job of this name that an earlier RecordingJob of the same name owned, on its way out.
-        debug!("waiting for the previous Job of this name to be garbage collected");
-        return Ok(Action::requeue(Duration::from_secs(2)));
+    let mut foreign = None;
+    match job.as_deref().map(|j| ownership(j, rj)) {
+        None | Some(Ownership::Ours) => {}
+        Some(Ownership::Leaving) => {
+            debug!("waiting for the previous Job of this name to be garbage collected");
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
+        Some(Ownership::Foreign(message)) => {
+            // Never derive a status from someone else's Job.
+            job = None;
+            foreign = Some(Error::ForeignJob(message));
+        }
     }
 
     let mut created = false;
     let mut admission = Admission::Admitted;
     if job.is_none() && !is_final(&view) {
         let gate = upload_gate(rj, jiff::Timestamp::now());
-        match validate(rj) {
-            Err(Error::InvalidSpec(message)) => admission = Admission::Invalid(message),
-            Err(other) => return Err(other),
+        let judged = match foreign {
+            Some(conflict) => Err(conflict),
+            None => validate(rj),
+        };
+        match judged {
+            Err(error) => admission = ctx.refused(error)?,
             Ok(()) if !gate.is_open() => admission = Admission::Uploading,
             Ok(()) => {
                 if rj.tracks_may_change(Some(&previous)) {
@@ -201,7 +212,7 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
                         }
                         Err(error) => {
                             ctx.slots.release(reservation);
-                            return Err(error);
+                            admission = ctx.refused(error)?;
                         }
                     },
                 }
@@ -433,14 +444,28 @@ impl Context {
                     .get(&rj.name_any())
                     .await
                     .map_err(Error::kube("reading the existing Job"))?;
-                if is_owned_by(&existing, rj) {
-                    Ok((existing, false))
-                } else {
-                    Err(Error::ForeignJob(existing.name_any()))
+                match ownership(&existing, rj) {
+                    Ownership::Ours => Ok((existing, false)),
+                    Ownership::Leaving => Err(Error::PreviousJob(existing.name_any())),
+                    Ownership::Foreign(message) => Err(Error::ForeignJob(message)),
                 }
             }
-            Err(error) => Err(Error::kube("creating Job")(error)),
+            Err(error) => Err(Error::creating_job(&job.name_any(), error)),
         }
+    }
+
+    /// A RecordingJob that cannot be processed as its spec stands ([`Error::refusal`]) becomes
+    /// Failed with the refusal's reason and message, a condition and a Warning Event, recorded at
+    /// its generation: the reconciler does not try again until the spec changes. Counted once
+    /// under the error's label, since someone has to act. Anything else is passed on, to be
+    /// retried with backoff.
+    fn refused(&self, error: Error) -> Result<Admission> {
+        let Some(refusal) = error.refusal() else {
+            return Err(error);
+        };
+        self.metrics.reconcile_failed(&error);
+        info!(reason = refusal.reason, message = %refusal.message, "refused; failed until the spec changes");
+        Ok(Admission::Refused(refusal))
     }
 
     /// Stops the Job from retrying after bad input, on servers that ignore `podFailurePolicy`
@@ -653,6 +678,22 @@ impl Context {
             }
         }
         let (before, after) = (previous.phase, desired.phase);
+        let failed_event = || {
+            event(
+                EventType::Warning,
+                desired.reason.as_deref().unwrap_or("Failed"),
+                "Fail",
+                desired.message.clone().unwrap_or_default(),
+            )
+        };
+        // An edited spec refused again is news too, though the phase stays Failed.
+        let refused_again = before == Some(Phase::Failed)
+            && after == Some(Phase::Failed)
+            && desired.job_name.is_none()
+            && previous.observed_generation != desired.observed_generation;
+        if refused_again {
+            events.push(failed_event());
+        }
         if before != after {
             match after {
                 Some(Phase::Uploading) => {
@@ -690,12 +731,7 @@ impl Context {
                     "Complete",
                     capitalize(&completion_message(&desired.outputs)),
                 )),
-                Some(Phase::Failed) => events.push(event(
-                    EventType::Warning,
-                    desired.reason.as_deref().unwrap_or("Failed"),
-                    "Fail",
-                    desired.message.clone().unwrap_or_default(),
-                )),
+                Some(Phase::Failed) => events.push(failed_event()),
                 Some(Phase::Pending) | None => {}
             }
             if after.is_some_and(Phase::is_finished) && !before.is_some_and(Phase::is_finished) {
@@ -708,8 +744,15 @@ impl Context {
                 self.slot_freed.notify_one();
             }
         }
+        let mut regarding = rj.object_ref(&());
+        if refused_again {
+            // The recorder folds Events of one reason about one object into a series that keeps
+            // the first note; about this version of the object, it is a new Event with the new
+            // cause (client-go's references carry the resourceVersion too).
+            regarding.resource_version = rj.resource_version();
+        }
         // Best effort, in the background: never slows the reconcile down.
-        self.events.publish(rj.object_ref(&()), events);
+        self.events.publish(regarding, events);
     }
 }
 

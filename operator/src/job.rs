@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
-use mixdown_crds::names::{APP_NAME, env, exit_codes, field_managers, labels};
+use mixdown_crds::names::{APP_NAME, GROUP, KIND, env, exit_codes, field_managers, labels};
 use mixdown_crds::{RecordingJob, WorkerJob, is_valid_id};
 
 use crate::config::Config;
@@ -322,6 +322,50 @@ pub fn job_ref(rj: &RecordingJob) -> kube::runtime::reflector::ObjectRef<Job> {
         r = r.within(&ns);
     }
     r
+}
+
+/// Whose the Job of a RecordingJob's name is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// Controlled by this RecordingJob.
+    Ours,
+    /// Left from an earlier RecordingJob of the same name (deleted, since names are unique), or
+    /// being deleted: garbage collection is about to remove it, so the new Job waits.
+    Leaving,
+    /// Someone else's (another controller, or none: created by hand, or orphaned when its
+    /// RecordingJob was deleted with `propagationPolicy: Orphan`). The operator neither adopts
+    /// nor deletes it; the message says whose it is and what to do.
+    Foreign(String),
+}
+
+/// Judges a Job named like `rj` (from the cache, or read after a create answered 409).
+pub fn ownership(job: &Job, rj: &RecordingJob) -> Ownership {
+    if is_owned_by(job, rj) {
+        return Ownership::Ours;
+    }
+    if job.metadata.deletion_timestamp.is_some() {
+        return Ownership::Leaving;
+    }
+    let name = job.name_any();
+    let controller = job
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true));
+    let whose = match controller {
+        Some(o)
+            if o.kind == KIND
+                && o.api_version.starts_with(&format!("{GROUP}/"))
+                && o.name == rj.name_any() =>
+        {
+            return Ownership::Leaving;
+        }
+        Some(o) => format!("its controller is {} {}", o.kind, o.name),
+        None => "it has no controller".to_string(),
+    };
+    Ownership::Foreign(format!(
+        "Job {name} exists and is not controlled by this RecordingJob ({whose}); delete that Job \
+         or give the RecordingJob another name"
+    ))
 }
 
 /// Whether `job` is controlled by `rj` (and not by an earlier RecordingJob of the same name).
@@ -644,5 +688,69 @@ spec:
     #[test]
     fn the_same_recording_job_always_builds_the_same_job() {
         assert_eq!(job_of(MINIMAL), job_of(MINIMAL));
+    }
+
+    #[test]
+    fn a_job_of_the_same_name_is_ours_leaving_or_someone_elses() {
+        let rj = recording_job(MINIMAL);
+        let owned_by = |owners: &str, deleting: bool| -> Job {
+            let deletion = if deleting {
+                ", deletionTimestamp: '2026-01-01T10:00:00Z'"
+            } else {
+                ""
+            };
+            serde_yaml::from_str(&format!(
+                "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: rec-abc-12345678, namespace: studio, ownerReferences: {owners}{deletion}}}"
+            ))
+            .expect("a Job")
+        };
+        let ours = "[{apiVersion: mixdown.dev/v1alpha1, kind: RecordingJob, name: rec-abc-12345678, uid: 0000-1111, controller: true}]";
+        let earlier = "[{apiVersion: mixdown.dev/v1alpha1, kind: RecordingJob, name: rec-abc-12345678, uid: old-uid, controller: true}]";
+        let cronjob =
+            "[{apiVersion: batch/v1, kind: CronJob, name: nightly, uid: c, controller: true}]";
+        let not_controller = "[{apiVersion: mixdown.dev/v1alpha1, kind: RecordingJob, name: rec-abc-12345678, uid: 0000-1111}]";
+        let other_rj = "[{apiVersion: mixdown.dev/v1alpha1, kind: RecordingJob, name: other, uid: o, controller: true}]";
+        let cases = [
+            ("ours", owned_by(ours, false), Some(Ownership::Ours)),
+            (
+                "an earlier RecordingJob's",
+                owned_by(earlier, false),
+                Some(Ownership::Leaving),
+            ),
+            (
+                "being deleted",
+                owned_by(cronjob, true),
+                Some(Ownership::Leaving),
+            ),
+            ("a CronJob's", owned_by(cronjob, false), None),
+            ("no controller", owned_by("[]", false), None),
+            (
+                "an owner that is not the controller",
+                owned_by(not_controller, false),
+                None,
+            ),
+            ("another RecordingJob's", owned_by(other_rj, false), None),
+        ];
+        for (name, job, expected) in cases {
+            let got = ownership(&job, &rj);
+            match (expected, &got) {
+                (Some(expected), _) => assert_eq!(got, expected, "{name}"),
+                (None, Ownership::Foreign(message)) => assert!(
+                    message.starts_with(
+                        "Job rec-abc-12345678 exists and is not controlled by this RecordingJob ("
+                    ),
+                    "{name}: {message}"
+                ),
+                (None, other) => panic!("{name}: {other:?}, expected Foreign"),
+            }
+        }
+        assert!(matches!(
+            ownership(&owned_by(cronjob, false), &rj),
+            Ownership::Foreign(m) if m.contains("(its controller is CronJob nightly)")
+        ));
+        assert!(matches!(
+            ownership(&owned_by("[]", false), &rj),
+            Ownership::Foreign(m) if m.contains("(it has no controller)")
+        ));
     }
 }

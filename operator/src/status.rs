@@ -8,7 +8,11 @@
 //! - a worker exit code 2 (bad input) is final whatever the Job does next; on servers without
 //!   `podFailurePolicy` the Job itself only learns it through the operator;
 //! - Succeeded and Failed are final: once written, the status stays as written even when the
-//!   evidence (the Job, its Pods) is gone, so a finished recording is never processed again.
+//!   evidence (the Job, its Pods) is gone, so a finished recording is never processed again;
+//! - a RecordingJob that failed without a Job (a refusal: its spec is invalid, its Job was refused
+//!   as invalid or forbidden, or its name is taken by another Job) is final at the generation it
+//!   was judged at (`observedGeneration`): an edit of the spec (a new `metadata.generation`)
+//!   judges it again, nothing else does.
 
 use k8s_openapi::api::batch::v1::{Job, JobCondition};
 use k8s_openapi::api::core::v1::Pod;
@@ -18,6 +22,7 @@ use mixdown_crds::names::{conditions, reasons};
 use mixdown_crds::{Phase, RecordingJob, RecordingJobStatus, WorkerReport};
 
 use crate::attempts::{Attempt, attempts};
+use crate::error::Refusal;
 use crate::uploads::upload_gate;
 
 /// Where a RecordingJob without a Job stands, as decided by the reconciler.
@@ -29,8 +34,9 @@ pub enum Admission {
     Admitted,
     /// Every slot is taken; it waits its turn.
     Queued { max_running_jobs: usize },
-    /// The spec cannot become a Job.
-    Invalid(String),
+    /// The spec cannot become a Job (invalid, forbidden, or its name taken by another Job):
+    /// Failed with the refusal's reason until the spec changes.
+    Refused(Refusal),
 }
 
 /// The status the operator owns, rebuilt from the RecordingJob, its Job and the Job's Pods.
@@ -66,11 +72,11 @@ pub fn derive_status(
     let Some(job) = job else {
         match admission {
             Admission::Uploading => status.phase = Some(Phase::Uploading),
-            Admission::Invalid(message) => {
+            Admission::Refused(Refusal { reason, message }) => {
                 status.phase = Some(Phase::Failed);
-                status.reason = Some(reasons::INVALID_SPEC.to_string());
+                status.reason = Some(reason.to_string());
                 status.message = Some(message.clone());
-                conds.set(conditions::FAILED, true, reasons::INVALID_SPEC, message);
+                conds.set(conditions::FAILED, true, reason, message);
                 status.completion_time = conds.transition_time(conditions::FAILED);
             }
             Admission::Queued { max_running_jobs } => {
@@ -204,7 +210,8 @@ pub fn completion_message(outputs: &[mixdown_crds::RecordingOutput]) -> String {
 }
 
 /// Whether the RecordingJob's status is final: it succeeded or failed, and that judgement still
-/// holds (a Job ran, or it was an invalid spec that has not been edited since).
+/// holds (a Job ran, or it was refused and its spec has not been edited since: the status's
+/// `observedGeneration` is still the RecordingJob's `metadata.generation`).
 pub fn is_final(rj: &RecordingJob) -> bool {
     rj.status.as_ref().is_some_and(|s| {
         s.phase.is_some_and(Phase::is_finished)
@@ -419,7 +426,10 @@ spec:
                 name: "invalid spec",
                 job_status: None,
                 pods: vec![],
-                admission: Admission::Invalid("spec.tracks[1] is bad".into()),
+                admission: Admission::Refused(Refusal {
+                    reason: "InvalidSpec",
+                    message: "spec.tracks[1] is bad".into(),
+                }),
                 phase: Phase::Failed,
                 attempts: None,
                 reason: Some("InvalidSpec"),
@@ -803,6 +813,49 @@ spec:
         let status = derive_status(&rj, None, &[], &Admission::Admitted, now());
         assert_eq!(status.phase, Some(Phase::Pending));
         assert_eq!(status.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn a_refused_job_fails_the_recording_job_until_its_spec_changes() {
+        for reason in ["InvalidSpec", "Forbidden", "JobConflict"] {
+            let refused = Admission::Refused(Refusal {
+                reason,
+                message: format!("the API server refused Job rec-1: {reason}"),
+            });
+            let mut rj = recording_job(RJ);
+            let status = derive_status(&rj, None, &[], &refused, now());
+            assert_eq!(status.phase, Some(Phase::Failed), "{reason}");
+            assert_eq!(status.reason.as_deref(), Some(reason));
+            assert!(status.message.as_deref().unwrap().ends_with(reason));
+            assert_eq!(status.job_name, None);
+            assert_eq!(status.completion_time, Some(Time(now())));
+            let failed = condition(&status, "Failed").expect("a Failed condition");
+            assert_eq!(
+                (failed.status.as_str(), failed.reason.as_str()),
+                ("True", reason)
+            );
+            assert_eq!(failed.message, status.message.clone().unwrap());
+            assert_eq!(failed.observed_generation, Some(1));
+            assert_eq!(status.observed_generation, Some(1));
+
+            // Recorded: final at its generation, whatever the reconciler decides next.
+            rj.status = Some(status.clone());
+            assert!(is_final(&rj), "{reason}");
+            let later = now()
+                .checked_add(jiff::SignedDuration::from_secs(60))
+                .unwrap();
+            let again = derive_status(&rj, None, &[], &Admission::Admitted, later);
+            assert_eq!(again, status, "{reason}: not judged again");
+            assert!(!needs_write(Some(&status), &again));
+
+            // An edit: judged again, and refused again at the new generation.
+            rj.metadata.generation = Some(2);
+            assert!(!is_final(&rj), "{reason}");
+            let edited = derive_status(&rj, None, &[], &refused, later);
+            assert_eq!(edited.phase, Some(Phase::Failed));
+            assert_eq!(edited.observed_generation, Some(2));
+            assert!(needs_write(Some(&status), &edited), "{reason}");
+        }
     }
 
     #[test]

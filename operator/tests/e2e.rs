@@ -510,3 +510,148 @@ async fn a_restarted_operator_creates_no_second_job_and_the_status_converges() {
         "the restarted operator created no Job"
     );
 }
+
+/// The notes of the Warning Events with `reason` about RecordingJob `name`, once there are at
+/// least `count` of them.
+async fn warnings(world: &World, name: &str, reason: &str, count: usize) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(world.client.clone(), world.namespace());
+    world
+        .eventually(
+            Duration::from_secs(30),
+            &format!("{count} {reason} Warning Event(s) for {name}"),
+            || {
+                let events = events.clone();
+                async move {
+                    let list = events.list(&ListParams::default()).await.ok()?;
+                    let notes: Vec<String> = list
+                        .items
+                        .into_iter()
+                        .filter(|e| {
+                            e.regarding.as_ref().is_some_and(|r| {
+                                r.kind.as_deref() == Some("RecordingJob")
+                                    && r.name.as_deref() == Some(name)
+                            }) && e.type_.as_deref() == Some("Warning")
+                                && e.reason.as_deref() == Some(reason)
+                        })
+                        .filter_map(|e| e.note)
+                        .collect();
+                    (notes.len() >= count).then_some(notes)
+                }
+            },
+        )
+        .await
+}
+
+/// A spec whose Job the API server refuses (a CPU request above its limit: 422 Invalid; then,
+/// edited, a quantity that does not parse: 400 BadRequest) fails the RecordingJob within seconds
+/// with the server's words, a condition and a Warning Event, creates no Job and is not retried;
+/// each edit of the spec judges it again, and a valid one gets its Job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_the_api_server_refuses_fails_the_recording_job_until_the_spec_changes() {
+    let world = World::new(&[SLEEPING]).await;
+    let operator = world.operator(SLEEPING.0, &[]);
+    operator.wait_up().await;
+    let start = std::time::Instant::now();
+    world
+        .create_rj(
+            "greedy",
+            one_track(
+                "greedy",
+                serde_json::json!({"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}),
+            ),
+        )
+        .await;
+    let rj = world
+        .wait_rj("greedy", Duration::from_secs(20), "Failed", |s| {
+            s.phase == Some(Phase::Failed)
+        })
+        .await;
+    println!("Failed {:?} after the create", start.elapsed());
+    let status = rj.status.clone().expect("status");
+    assert_eq!(status.reason.as_deref(), Some("InvalidSpec"), "{status:#?}");
+    let message = status.message.clone().unwrap_or_default();
+    assert!(
+        message.starts_with("the API server refused Job greedy: ")
+            && message.contains("must be less than or equal to cpu limit"),
+        "{message}"
+    );
+    assert_eq!(status.observed_generation, rj.metadata.generation);
+    assert_eq!(status.job_name, None);
+    assert!(status.completion_time.is_some());
+    let failed = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Failed")
+        .expect("a Failed condition");
+    assert_eq!(
+        (failed.status.as_str(), failed.reason.as_str()),
+        ("True", "InvalidSpec")
+    );
+    assert_eq!(failed.message, message);
+    let notes = warnings(&world, "greedy", "InvalidSpec", 1).await;
+    assert!(notes[0].contains("cpu limit"), "{notes:?}");
+    assert!(job_names(&world).await.is_empty());
+
+    // Not retried: no second create (the refusal is counted once), no write, no second Event.
+    let refusals = "mixdown_operator_reconcile_errors_total{error=\"kube_invalid\"}";
+    assert_eq!(operator.metric(refusals).await, Some(1.0));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let still = world.rjs().get("greedy").await.expect("the RecordingJob");
+    assert_eq!(
+        still.metadata.resource_version, rj.metadata.resource_version,
+        "{:#?}",
+        still.status
+    );
+    assert_eq!(operator.metric(refusals).await, Some(1.0));
+    assert!(job_names(&world).await.is_empty());
+    assert_eq!(warnings(&world, "greedy", "InvalidSpec", 1).await.len(), 1);
+
+    // An edit is judged again: a quantity that does not parse is refused too, at the new
+    // generation, with an Event of its own.
+    let edit = |cpu: &str| serde_json::json!({"spec": {"resources": {"requests": {"cpu": cpu}}}});
+    let edited = world
+        .rjs()
+        .patch(
+            "greedy",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&edit("lots")),
+        )
+        .await
+        .expect("editing the spec");
+    let generation = edited.metadata.generation;
+    let rj = world
+        .wait_rj("greedy", Duration::from_secs(20), "Failed again", |s| {
+            s.observed_generation == generation && s.phase == Some(Phase::Failed)
+        })
+        .await;
+    let status = rj.status.expect("status");
+    assert_eq!(status.reason.as_deref(), Some("InvalidSpec"), "{status:#?}");
+    let message = status.message.unwrap_or_default();
+    assert!(message.contains("quantities must match"), "{message}");
+    let notes = warnings(&world, "greedy", "InvalidSpec", 2).await;
+    assert!(
+        notes.iter().any(|n| n.contains("quantities must match")),
+        "{notes:?}"
+    );
+    assert!(job_names(&world).await.is_empty());
+
+    // A valid spec gets its Job.
+    world
+        .rjs()
+        .patch(
+            "greedy",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&edit("500m")),
+        )
+        .await
+        .expect("fixing the spec");
+    let rj = world
+        .wait_rj("greedy", LONG, "Running", |s| {
+            s.phase == Some(Phase::Running)
+        })
+        .await;
+    let status = rj.status.expect("status");
+    assert_eq!(status.job_name.as_deref(), Some("greedy"));
+    assert_eq!(status.reason, None, "{status:#?}");
+    assert_eq!(job_names(&world).await, ["greedy"]);
+}

@@ -186,7 +186,7 @@ async fn metrics_and_health_endpoints_tell_what_the_operator_did() {
     }
 
     // One RecordingJob fails for good; another finds a Job of its name that it does not own,
-    // which is an error the operator cannot resolve by itself.
+    // which the operator cannot resolve by itself: it fails with JobConflict, counted once.
     world
         .create_rj(
             "broken",
@@ -213,9 +213,29 @@ async fn metrics_and_health_endpoints_tell_what_the_operator_did() {
     world
         .wait_rj("broken", LONG, "Failed", |s| s.phase == Some(Phase::Failed))
         .await;
+    let squatted = world
+        .wait_rj("squatter", LONG, "Failed", |s| {
+            s.phase == Some(Phase::Failed)
+        })
+        .await
+        .status
+        .expect("status");
+    assert_eq!(
+        squatted.reason.as_deref(),
+        Some("JobConflict"),
+        "{squatted:#?}"
+    );
+    assert_eq!(
+        squatted.message.as_deref(),
+        Some(
+            "Job squatter exists and is not controlled by this RecordingJob (it has no \
+             controller); delete that Job or give the RecordingJob another name"
+        )
+    );
+    assert_eq!(squatted.job_name, None);
 
     let expect = [
-        ("mixdown_operator_recording_jobs{phase=\"Failed\"}", 1.0),
+        ("mixdown_operator_recording_jobs{phase=\"Failed\"}", 2.0),
         ("mixdown_operator_jobs_created_total", 1.0),
         (
             "mixdown_operator_processing_seconds_count{result=\"failed\"}",
@@ -232,7 +252,7 @@ async fn metrics_and_health_endpoints_tell_what_the_operator_did() {
     let foreign = "mixdown_operator_reconcile_errors_total{error=\"foreign_job\"}";
     world
         .eventually(LONG, "the foreign Job counted as an error", || async {
-            (operator.metric(foreign).await? >= 1.0).then_some(())
+            (operator.metric(foreign).await? == 1.0).then_some(())
         })
         .await;
     assert!(reconciles(&operator).await >= 2.0);
