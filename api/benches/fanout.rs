@@ -15,7 +15,7 @@
 //! Targets (issue 9): fan-out p99 ≤ 250 ms, stop → started p99 ≤ 250 ms, RSS ≤ 150 MB,
 //! ≥ 5,000 presigns/s.
 //!
-//! `cargo bench -p mixdown-api` (needs `KUBEBUILDER_ASSETS` and `npm ci` in `api/tests/client`).
+//! `cargo bench -p mixdown-api --bench fanout` (needs `KUBEBUILDER_ASSETS` and `npm ci` in `api/tests/client`).
 //! `MIXDOWN_BENCH_CLIENTS` (default 5000) and `MIXDOWN_BENCH_SECONDS` (default 30) scale it down.
 
 use std::collections::HashMap;

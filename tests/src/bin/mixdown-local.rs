@@ -189,9 +189,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             );
             preflight(&backend, cluster).await?;
             eprintln!("mixdown: starting the operator…");
-            operator_child = Some(
-                start_operator(&backend, cluster, &data, args.progress_interval_ms).await?,
-            );
+            operator_child =
+                Some(start_operator(&backend, cluster, &data, args.progress_interval_ms).await?);
             backend
         }
     };
