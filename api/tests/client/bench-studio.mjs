@@ -9,7 +9,7 @@
 //
 // Prints one JSON line: {ok, mimeType, stoppedAt, started, pending, running,
 // fed, succeeded, ready: {host, guest}} (milliseconds since the epoch).
-import { chromium } from 'playwright-core';
+import { launchChromium } from './chromium.mjs';
 import { io } from 'socket.io-client';
 
 const [studio, adminKey, secondsArg, format] = process.argv.slice(2);
@@ -17,18 +17,7 @@ const url = studio.replace(/\/$/, '');
 const seconds = Number(secondsArg || 60);
 const log = (...a) => console.error('[bench]', ...a);
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: [
-    '--use-fake-device-for-media-stream',
-    '--use-fake-ui-for-media-stream',
-    '--no-sandbox',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--autoplay-policy=no-user-gesture-required',
-  ],
-});
+const browser = await launchChromium();
 const result = { format, seconds, ready: {} };
 let socket;
 try {

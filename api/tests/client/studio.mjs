@@ -8,7 +8,7 @@
 // Scenarios: `basic`; `outage`, which prints {"event":"cut-storage"} two seconds into the
 // recording for the test to take storage away; `reload`, which slows the guest's uploads so that
 // chunks pile up, and reloads the guest's page after the stop.
-import { chromium } from 'playwright-core';
+import { launchChromium } from './chromium.mjs';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -18,18 +18,7 @@ const scenario = process.argv[6] || 'basic';
 mkdirSync(artifacts, { recursive: true });
 const log = (...a) => console.error('[studio]', ...a);
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: [
-    '--use-fake-device-for-media-stream',
-    '--use-fake-ui-for-media-stream',
-    '--no-sandbox',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--autoplay-policy=no-user-gesture-required',
-  ],
-});
+const browser = await launchChromium();
 const result = { scenario, stages: {}, progress: {}, links: {}, errors: {}, errorsSeen: {}, safe: {}, names: {}, recordedAs: {}, mimeType: null };
 try {
   const context = async (name) => {
