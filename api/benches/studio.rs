@@ -378,18 +378,7 @@ async fn ffmpeg_alone(tracks: &[(PathBuf, usize)], scratch: &Path) -> anyhow::Re
             &output,
         )
         .map_err(anyhow::Error::msg)?;
-        let args: Vec<String> = plan
-            .args
-            .into_iter()
-            .map(|a| {
-                if a == "pipe:0" {
-                    input_path.to_string_lossy().into_owned()
-                } else {
-                    a
-                }
-            })
-            .collect();
-        commands.push(args);
+        commands.push(plan.args_reading(&input_path));
     }
     let started = Instant::now();
     let runs = commands.iter().map(|args| {

@@ -454,17 +454,7 @@ async fn run_ffmpeg(case: Case, input: &Path, output: &Path) -> anyhow::Result<(
         output,
     )
     .map_err(anyhow::Error::msg)?;
-    let args: Vec<String> = plan
-        .args
-        .into_iter()
-        .map(|a| {
-            if a == "pipe:0" {
-                input.to_string_lossy().into_owned()
-            } else {
-                a
-            }
-        })
-        .collect();
+    let args = plan.args_reading(input);
     let status = tokio::process::Command::new("ffmpeg")
         .args(&args)
         .stdin(Stdio::null())

@@ -97,6 +97,23 @@ pub struct OutputPlan {
     pub copies_video: bool,
 }
 
+impl OutputPlan {
+    /// The same ffmpeg arguments reading the recording from the file `input` instead of stdin:
+    /// how the benchmarks run "ffmpeg alone" on a local copy.
+    pub fn args_reading(&self, input: &Path) -> Vec<String> {
+        self.args
+            .iter()
+            .map(|a| {
+                if a == "pipe:0" {
+                    input.to_string_lossy().into_owned()
+                } else {
+                    a.clone()
+                }
+            })
+            .collect()
+    }
+}
+
 /// Video codecs and audio codecs the WebM muxer accepts; anything else goes in Matroska.
 const WEBM_VIDEO: [&str; 3] = ["vp8", "vp9", "av1"];
 const WEBM_AUDIO: [&str; 2] = ["opus", "vorbis"];
@@ -451,6 +468,19 @@ mod tests {
             assert!(args.ends_with("-y /scratch/alice.out"), "{args}");
             assert!(!args.contains("-copyts"), "outputs must start at 0: {args}");
         }
+    }
+
+    #[test]
+    fn a_plan_can_read_a_file_instead_of_stdin() {
+        let plan = plan(Profile::Mp4, &streams(Some("h264"), Some("opus")));
+        let args = plan.args_reading(Path::new("/tmp/whole.webm")).join(" ");
+        assert!(args.contains("-i /tmp/whole.webm "), "{args}");
+        assert!(!args.contains("pipe:0"), "{args}");
+        assert_eq!(
+            args.replace("/tmp/whole.webm", "pipe:0"),
+            joined(&plan),
+            "nothing else changes"
+        );
     }
 
     #[test]

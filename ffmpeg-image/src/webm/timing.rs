@@ -703,6 +703,22 @@ mod tests {
 
     const UNKNOWN_SIZE: [u8; 8] = [0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
 
+    /// A Tracks element: video track 1 (VP8, with `video_extra` appended to its entry) and audio
+    /// track 2 (Opus).
+    fn tracks_element(video_extra: &[u8]) -> Vec<u8> {
+        let mut video = element(&[0xD7], &[1]);
+        video.extend(element(&[0x83], &[1]));
+        video.extend(element(&[0x86], b"V_VP8"));
+        video.extend_from_slice(video_extra);
+        let mut audio = element(&[0xD7], &[2]);
+        audio.extend(element(&[0x83], &[2]));
+        audio.extend(element(&[0x86], b"A_OPUS"));
+        element(
+            &[0x16, 0x54, 0xAE, 0x6B],
+            &[element(&[0xAE], &video), element(&[0xAE], &audio)].concat(),
+        )
+    }
+
     /// A stream with what browsers and ffmpeg write: an unknown-sized Segment, a TimecodeScale
     /// of 100 µs, a video track with a DefaultDuration and an Opus track without, an
     /// unknown-sized Cluster, then a sized one with a BlockGroup, Void, Cues.
@@ -714,17 +730,10 @@ mod tests {
             &[0x15, 0x49, 0xA9, 0x66],
             &element(&[0x2A, 0xD7, 0xB1], &[0x01, 0x86, 0xA0]),
         ));
-        let mut video = element(&[0xD7], &[1]);
-        video.extend(element(&[0x83], &[1]));
-        video.extend(element(&[0x86], b"V_VP8"));
-        video.extend(element(&[0x23, 0xE3, 0x83], &33_333_333u32.to_be_bytes()));
-        let mut audio = element(&[0xD7], &[2]);
-        audio.extend(element(&[0x83], &[2]));
-        audio.extend(element(&[0x86], b"A_OPUS"));
-        out.extend(element(
-            &[0x16, 0x54, 0xAE, 0x6B],
-            &[element(&[0xAE], &video), element(&[0xAE], &audio)].concat(),
-        ));
+        out.extend(tracks_element(&element(
+            &[0x23, 0xE3, 0x83],
+            &33_333_333u32.to_be_bytes(),
+        )));
         // Cluster at 3.5 s (35000 ticks), unknown size: a video frame, a 20 ms Opus packet
         // (TOC 0xFC: CELT, 20 ms, one frame), a 2×10 ms one (0xF1: 10 ms, two frames).
         out.extend([0x1F, 0x43, 0xB6, 0x75]);
@@ -1052,17 +1061,7 @@ mod tests {
         out.extend([0x18, 0x53, 0x80, 0x67]);
         out.extend(UNKNOWN_SIZE);
         out.extend(element(&[0x15, 0x49, 0xA9, 0x66], info));
-        let mut video = element(&[0xD7], &[1]);
-        video.extend(element(&[0x83], &[1]));
-        video.extend(element(&[0x86], b"V_VP8"));
-        video.extend_from_slice(track);
-        let mut audio = element(&[0xD7], &[2]);
-        audio.extend(element(&[0x83], &[2]));
-        audio.extend(element(&[0x86], b"A_OPUS"));
-        out.extend(element(
-            &[0x16, 0x54, 0xAE, 0x6B],
-            &[element(&[0xAE], &video), element(&[0xAE], &audio)].concat(),
-        ));
+        out.extend(tracks_element(track));
         out.extend([0x1F, 0x43, 0xB6, 0x75]);
         out.extend(UNKNOWN_SIZE);
         out.extend(element(&[0xE7], cluster_ticks));
