@@ -24,6 +24,17 @@ try {
   const context = async (name) => {
     const ctx = await browser.newContext({ viewport: { width: 1100, height: 800 } });
     await ctx.grantPermissions(['camera', 'microphone'], { origin: apiUrl });
+    // Every stage a participant row ever shows, noted as the page renders it: a stage shorter
+    // than the watcher's poll (an upload that drains between two polls) is still seen.
+    await ctx.addInitScript(() => {
+      window.__mixdownStages = [];
+      const note = () => document.querySelectorAll('#participants tbody tr[data-stage]').forEach((tr) => {
+        if (!window.__mixdownStages.includes(tr.dataset.stage)) window.__mixdownStages.push(tr.dataset.stage);
+      });
+      new MutationObserver(note).observe(document, {
+        subtree: true, childList: true, attributes: true, attributeFilter: ['data-stage'],
+      });
+    });
     const page = await ctx.newPage();
     page.on('console', (m) => log(name, m.type(), m.text()));
     page.on('pageerror', (e) => log(name, 'page error', e.message));
@@ -121,6 +132,9 @@ try {
         stage: tr.dataset.stage,
         progress: tr.querySelector('progress') ? Number(tr.querySelector('progress').value) : null,
       })));
+      for (const stage of await page.evaluate(() => window.__mixdownStages || [])) {
+        if (!result.stages[name].includes(stage)) result.stages[name].push(stage);
+      }
       for (const row of rows) {
         const last = result.stages[name][result.stages[name].length - 1];
         if (last !== row.stage && !result.stages[name].includes(row.stage)) result.stages[name].push(row.stage);
