@@ -2,7 +2,9 @@
 //! inside a Pod, the operator beside the control plane).
 //!
 //! Cargo only hands a test the binaries of its own package (`CARGO_BIN_EXE_*`), so binaries of
-//! other workspace members are built here, once per test binary, with the same profile.
+//! other workspace members are built here, once per test binary, with the same profile, unless
+//! `MIXDOWN_BIN_DIR` names a folder that holds them already (`cargo xtask test` points it at the
+//! ones `cargo test --workspace` built).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,7 +40,10 @@ pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
     let mut build = Command::new(cargo);
     build
         .current_dir(&root)
-        .args(["build", "--quiet", "--package", package, "--bin", bin]);
+        // Every workspace binary at once, so cargo resolves their dependencies' features once:
+        // `--package X --bin Y` per binary would compile the shared dependencies again for each
+        // package whose features differ, and keep every copy in the target folder.
+        .args(["build", "--quiet", "--workspace", "--bins"]);
     if release {
         build.arg("--release");
     }

@@ -102,10 +102,7 @@ fn up(root: &Path, args: &[String]) -> anyhow::Result<()> {
         "mixdown-local",
     ]))
     .context("building Mixdown")?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
-    let local = target.join("release/mixdown-local");
+    let local = target_dir(root).join("release/mixdown-local");
     // mixdown-local takes this process's place, so Ctrl-C reaches it alone and the prompt
     // comes back only once it stopped everything it started.
     use std::os::unix::process::CommandExt;
@@ -114,6 +111,14 @@ fn up(root: &Path, args: &[String]) -> anyhow::Result<()> {
         .args(args)
         .exec();
     Err(error).context("starting mixdown-local")
+}
+
+/// Cargo's target folder: `CARGO_TARGET_DIR` (relative to the workspace, as cargo reads it) or
+/// `target/`.
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(|dir| root.join(dir))
+        .unwrap_or_else(|| root.join("target"))
 }
 
 fn workspace_root() -> PathBuf {
@@ -194,10 +199,21 @@ fn test(root: &Path, skip_image: bool, cargo_test_args: &[String]) -> anyhow::Re
         sh.run(sh.cmd("bash").arg("ffmpeg-image/build.sh"))
             .context("building the worker image")?;
     }
+    // `cargo test --workspace` builds every workspace binary before any test runs, with the
+    // features of the whole test build: tests that run Mixdown's binaries as processes take those
+    // (MIXDOWN_BIN_DIR) instead of building each package again with its own features, which
+    // added a copy of the dependencies per package to the target folder.
+    let profile = if cargo_test_args.iter().any(|a| a == "--release") {
+        "release"
+    } else {
+        "debug"
+    };
+    let bin_dir = target_dir(root).join(profile);
     sh.run(
         sh.cmd("cargo")
             .args(["test", "--workspace", "--no-fail-fast"])
-            .args(cargo_test_args),
+            .args(cargo_test_args)
+            .env("MIXDOWN_BIN_DIR", &bin_dir),
     )
     .context("tests failed")?;
     println!("xtask: every check and test passed");
