@@ -1,28 +1,43 @@
 #!/usr/bin/env bash
-# Builds the Mixdown worker image (ffmpeg-image/Dockerfile) with podman, without any registry.
+# Builds Mixdown's images with podman, without any registry: the worker (ffmpeg-image/Dockerfile),
+# the operator (operator/Dockerfile) and the API (api/Dockerfile).
 #
-#   ffmpeg-image/build.sh                  cargo build --release, base image if missing, image
-#   ffmpeg-image/build.sh --skip-cargo     reuse target/release/mixdown-worker as it is
+#   ffmpeg-image/build.sh                  the worker image: cargo build --release, base image if
+#                                          missing, image
+#   ffmpeg-image/build.sh --component all  all three images, from one cargo build
+#   ffmpeg-image/build.sh --component operator --component api
+#                                          the images named (worker, operator, api or all; also
+#                                          comma-separated: --component operator,api)
+#   ffmpeg-image/build.sh --skip-cargo     reuse the binaries in target/release as they are
+#   ffmpeg-image/build.sh --base-only      only make the base image (needs root), nothing else
 #   ffmpeg-image/build.sh --rebuild-base   debootstrap the base image again (e.g. for updates)
 #   ffmpeg-image/build.sh --print-run-flags
-#                                          print the podman flags the image test runs it with
+#                                          print the podman flags the worker image test runs it with
+#
+# Every image is tagged twice: localhost/mixdown-<component>:$TAG (default dev, what the tests and
+# the local run use) and localhost/mixdown-<component>:<workspace version> (the chart's
+# appVersion, so an install that names no tag finds the image).
 #
 # Environment:
-#   IMAGE          tag to build            (default localhost/mixdown-worker:dev)
+#   TAG            first tag of every image         (default dev)
+#   REPOSITORY     prefix of every image name       (default localhost, so localhost/mixdown-api)
+#   IMAGE          full name of the worker image    (default $REPOSITORY/mixdown-worker:$TAG)
 #   BASE_IMAGE     base image to build on  (default localhost/debian:bookworm-slim, made here)
 #   DEBIAN_MIRROR  where debootstrap and apt fetch packages (default http://deb.debian.org/debian)
 #   CONTAINERS_CONF  podman settings       (default ffmpeg-image/podman/containers.conf)
 #
-# Layers are cached: only the binary's layer is rebuilt while the base image stays. Earlier builds
-# stay behind as untagged images; `podman image prune` removes them.
+# Layers are cached: only the binary's layer is rebuilt while the base image stays, and the operator
+# and API images share their package layer. Earlier builds stay behind as untagged images;
+# `podman image prune` removes them.
 #
 # Why it works this way:
 # - No registry is reachable, so the base image is made locally: debootstrap --variant=minbase
 #   bookworm into a temporary directory, trimmed like the official slim image, then `podman import`.
 #   That needs root (debootstrap creates device nodes and chowns files); run the script as root.
-# - No Rust toolchain can be fetched into a build container, so the release binary is built on this
-#   machine (Debian 12, the same glibc as the image) and copied in. Only that binary is sent as the
-#   build context.
+# - No Rust toolchain can be fetched into a build container, so the release binaries are built on
+#   this machine (Debian 12, the same glibc as the image) and copied in. Only the image's binary is
+#   sent as its build context. One `cargo build --release` builds every binary asked for, so the
+#   workspace's features are resolved once and shared dependencies are compiled once.
 # - Podman needs runc and the cgroupfs manager on these machines, and ulimits it is allowed to set;
 #   ffmpeg-image/podman/containers.conf says so, and the same settings are also passed as flags.
 #
@@ -37,7 +52,9 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 
-IMAGE=${IMAGE:-localhost/mixdown-worker:dev}
+TAG=${TAG:-dev}
+REPOSITORY=${REPOSITORY:-localhost}
+IMAGE=${IMAGE:-$REPOSITORY/mixdown-worker:$TAG}
 BASE_IMAGE=${BASE_IMAGE:-localhost/debian:bookworm-slim}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$here/podman/containers.conf}
@@ -52,6 +69,8 @@ run_flags=(--read-only --read-only-tmpfs=false --tmpfs /tmp:rw,size=1g,mode=1777
 
 skip_cargo=false
 rebuild_base=false
+base_only=false
+components=()
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
@@ -60,8 +79,25 @@ usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0
 
 while (($#)); do
   case $1 in
+    --component|--component=*)
+      if [[ $1 == --component ]]; then
+        (($# >= 2)) || die "--component needs a value: worker, operator, api or all"
+        value=$2
+        shift
+      else
+        value=${1#--component=}
+      fi
+      IFS=, read -ra names <<<"$value"
+      for name in "${names[@]}"; do
+        case $name in
+          worker|operator|api) components+=("$name") ;;
+          all) components+=(worker operator api) ;;
+          *) die "unknown component: $name (worker, operator, api or all)" ;;
+        esac
+      done ;;
     --skip-cargo) skip_cargo=true ;;
     --rebuild-base) rebuild_base=true ;;
+    --base-only) base_only=true ;;
     --print-run-flags)
       printf 'CONTAINERS_CONF=%q podman %s run --rm %s %s\n' \
         "$CONTAINERS_CONF" "${podman_global[*]}" "${run_flags[*]}" "$IMAGE"
@@ -71,6 +107,35 @@ while (($#)); do
   esac
   shift
 done
+
+# Without --component: the worker alone, as before components existed. Each one once, in this order.
+((${#components[@]})) || components=(worker)
+ordered=()
+for name in worker operator api; do
+  for asked in "${components[@]}"; do
+    if [[ $asked == "$name" ]]; then
+      ordered+=("$name")
+      break
+    fi
+  done
+done
+components=("${ordered[@]}")
+
+# Per component: its cargo package, binary, Dockerfile and first tag.
+package_of() { echo "mixdown-$1"; }
+binary_of() { echo "mixdown-$1"; }
+dockerfile_of() {
+  case $1 in
+    worker) echo "$here/Dockerfile" ;;
+    *) echo "$root/$1/Dockerfile" ;;
+  esac
+}
+image_of() {
+  case $1 in
+    worker) echo "$IMAGE" ;;
+    *) echo "$REPOSITORY/mixdown-$1:$TAG" ;;
+  esac
+}
 
 # Time since the start of a step, in whole seconds.
 elapsed() { echo $((SECONDS - $1))s; }
@@ -86,24 +151,32 @@ check_prerequisites() {
   if ((${#missing[@]})); then
     die "missing ${missing[*]}; install with: apt-get install podman runc debootstrap"
   fi
-  if ! $skip_cargo; then
-    have cargo || die "cargo not found: install a Rust toolchain, or pass --skip-cargo with target/release/mixdown-worker already built"
+  if ! $skip_cargo && ! $base_only; then
+    have cargo || die "cargo not found: install a Rust toolchain, or pass --skip-cargo with the binaries already in target/release"
   fi
 }
 
-build_binary() {
+# One cargo invocation for every component asked for.
+build_binaries() {
+  local packages=() name
+  for name in "${components[@]}"; do
+    packages+=(-p "$(package_of "$name")")
+  done
   if $skip_cargo; then
     log "skipping cargo (--skip-cargo)"
   else
-    log "cargo build --release -p mixdown-worker"
+    log "cargo build --release ${packages[*]}"
     local t=$SECONDS
-    (cd "$root" && cargo build --release -p mixdown-worker)
-    log "binary built in $(elapsed "$t")"
+    (cd "$root" && cargo build --release "${packages[@]}")
+    log "binaries built in $(elapsed "$t")"
   fi
   local target=${CARGO_TARGET_DIR:-target}
   [[ $target == /* ]] || target=$root/$target # relative to the workspace, as cargo reads it
-  binary=$target/release/mixdown-worker
-  [[ -x $binary ]] || die "$binary not found: run without --skip-cargo"
+  release_dir=$target/release
+  for name in "${components[@]}"; do
+    [[ -x $release_dir/$(binary_of "$name") ]] \
+      || die "$release_dir/$(binary_of "$name") not found: run without --skip-cargo"
+  done
 }
 
 # debootstrap minbase, trimmed the way the official bookworm-slim image is, imported as an image.
@@ -177,41 +250,59 @@ EOF
   log "base image made in $(elapsed "$t")"
 }
 
+# Builds one component's image from a context holding only its binary; tags it twice.
 build_image() {
-  local t=$SECONDS context version revision
-  version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$root/Cargo.toml" | head -n 1)
-  revision=$(git -C "$root" describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)
+  local name=$1 t=$SECONDS context image binary version_image
+  image=$(image_of "$name")
+  binary=$(binary_of "$name")
+  version_image="${image%:*}:$version"
   # Only the binary is sent to the builder.
   context=$(mktemp -d "${TMPDIR:-/tmp}/mixdown-context.XXXXXX")
   trap "rm -rf '$context'" EXIT
-  cp "$binary" "$context/mixdown-worker"
+  cp "$release_dir/$binary" "$context/$binary"
 
   # The version and revision go in as --label too: podman's layer cache does not notice a changed
   # build argument that only a LABEL uses, and would keep the previous build's labels.
-  log "podman build $IMAGE (FROM $BASE_IMAGE, version $version, revision $revision)"
+  log "podman build $image and $version_image (FROM $BASE_IMAGE, revision $revision)"
   # --network host: apt-get inside the build reaches the Debian mirror the way this machine does.
   podman "${podman_global[@]}" build \
     --pull=never \
     --network host \
     "${ulimits[@]}" \
-    --file "$here/Dockerfile" \
+    --file "$(dockerfile_of "$name")" \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" \
     --build-arg "VERSION=$version" \
     --label "org.opencontainers.image.version=$version" \
     --label "org.opencontainers.image.revision=$revision" \
-    --tag "$IMAGE" \
+    --tag "$image" \
+    --tag "$version_image" \
     "$context"
   rm -rf "$context"
   trap - EXIT
-  log "image built in $(elapsed "$t")"
+  local size
+  size=$(podman "${podman_global[@]}" image inspect --format '{{.Size}}' "$image")
+  summary+=("$image ($version_image): $((size / 1000 / 1000)) MB ($size bytes), image built in $(elapsed "$t")")
 }
 
 check_prerequisites
 total=$SECONDS
-build_binary
+if $base_only; then
+  make_base_image
+  exit 0
+fi
+version=$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$root/Cargo.toml" | head -n 1)
+revision=$(git -C "$root" describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)
+build_binaries
 make_base_image
-build_image
+summary=()
+for name in "${components[@]}"; do
+  build_image "$name"
+done
 
-size=$(podman "${podman_global[@]}" image inspect --format '{{.Size}}' "$IMAGE")
-log "$IMAGE: $((size / 1000 / 1000)) MB ($size bytes), total $(elapsed "$total")"
-log "run it like the test does: $(basename "$0") --print-run-flags"
+for line in "${summary[@]}"; do
+  log "$line"
+done
+log "total $(elapsed "$total")"
+if [[ " ${components[*]} " == *" worker "* ]]; then
+  log "run the worker like its test does: $(basename "$0") --print-run-flags"
+fi
