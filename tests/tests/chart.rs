@@ -1,0 +1,769 @@
+//! The Helm chart (`charts/mixdown`) with the real `helm` CLI, as a user runs it: `helm lint`, `helm
+//! template` with every `ci/*-values.yaml`, the values schema refusing wrong values by name, the same
+//! bytes on every render (GitOps), the CRD in sync with `crds/recordingjob.yaml`, every rendered object
+//! accepted by a real API server (server-side dry run), and `helm install`, `upgrade` and `uninstall`
+//! into the local control plane leaving what a user expects.
+//!
+//! The helm binary comes from `MIXDOWN_HELM`, or else from `tests/helm/setup.sh` (built from its Go
+//! module, cached). No helm is a failure with instructions, never a skipped test. Pods do not run
+//! here (the control plane has no pod runner for images), so the install test checks objects.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::Role;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::core::ApiResource;
+use kube::discovery::{self, Scope};
+use kube::{Api, Client, ResourceExt};
+use mixdown_crds::RecordingJob;
+use mixdown_testkit::cluster::ControlPlane;
+use serde_json::{Value, json};
+
+/// The API server version of the test control plane; renders without a cluster target it.
+const KUBE_VERSION: &str = "v1.20.2";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn chart_dir() -> PathBuf {
+    repo_root().join("charts/mixdown")
+}
+
+/// The helm binary: `MIXDOWN_HELM`, or the last line of `tests/helm/setup.sh`.
+fn helm_bin() -> &'static Path {
+    static HELM: OnceLock<PathBuf> = OnceLock::new();
+    HELM.get_or_init(|| {
+        if let Some(path) = std::env::var_os("MIXDOWN_HELM").filter(|p| !p.is_empty()) {
+            let path = PathBuf::from(path);
+            assert!(
+                path.is_file(),
+                "MIXDOWN_HELM={} is not a file; unset it to build helm with tests/helm/setup.sh",
+                path.display()
+            );
+            return path;
+        }
+        let script = repo_root().join("tests/helm/setup.sh");
+        let output = Command::new("bash")
+            .arg(&script)
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let last = stdout.lines().last().unwrap_or_default().trim();
+        assert!(
+            output.status.success() && !last.is_empty() && Path::new(last).is_file(),
+            "no helm CLI for the chart tests: {} failed (its messages are above). Install Go and \
+             run it, or set MIXDOWN_HELM to a helm v4 binary.",
+            script.display()
+        );
+        PathBuf::from(last)
+    })
+}
+
+/// Helm with its own config, cache and data folders, so no user setting or repository leaks in.
+fn helm_command() -> Command {
+    static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let home = HOME.get_or_init(|| tempfile::tempdir().expect("a temporary helm home"));
+    let mut cmd = Command::new(helm_bin());
+    cmd.env("HELM_CONFIG_HOME", home.path().join("config"))
+        .env("HELM_CACHE_HOME", home.path().join("cache"))
+        .env("HELM_DATA_HOME", home.path().join("data"))
+        .env_remove("KUBECONFIG");
+    cmd
+}
+
+fn run(mut cmd: Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+/// Runs helm and returns stdout; panics with stderr when it fails.
+fn helm_ok(args: &[&str]) -> String {
+    let mut cmd = helm_command();
+    cmd.args(args);
+    let output = run(cmd);
+    assert!(
+        output.status.success(),
+        "helm {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("helm prints UTF-8")
+}
+
+/// Runs helm expecting a failure; returns stdout and stderr together.
+fn helm_fails(args: &[&str]) -> String {
+    let mut cmd = helm_command();
+    cmd.args(args);
+    let output = run(cmd);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "helm {args:?} succeeded:\n{text}");
+    text
+}
+
+/// Every `ci/*-values.yaml`, sorted.
+fn ci_values() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(chart_dir().join("ci"))
+        .expect("charts/mixdown/ci exists")
+        .map(|e| e.expect("readable ci/ entry").path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with("-values.yaml"))
+        })
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 3,
+        "ci/ holds the defaults, all-on and cluster-wide values: {files:?}"
+    );
+    files
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 path")
+}
+
+/// `helm template` of the chart with `args` (values files, --set ...), as text.
+fn template_text(namespace: &str, args: &[&str]) -> String {
+    let chart = chart_dir();
+    let mut all = vec![
+        "template",
+        "mixdown",
+        path_str(&chart),
+        "--namespace",
+        namespace,
+        "--kube-version",
+        KUBE_VERSION,
+    ];
+    all.extend_from_slice(args);
+    helm_ok(&all)
+}
+
+/// The YAML documents of a render, empty ones dropped.
+fn documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|doc| {
+            let value: serde_yaml::Value = serde::Deserialize::deserialize(doc)
+                .unwrap_or_else(|e| panic!("helm rendered invalid YAML: {e}\n{text}"));
+            serde_json::to_value(value).expect("YAML maps to JSON")
+        })
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn render(namespace: &str, args: &[&str]) -> Vec<Value> {
+    documents(&template_text(namespace, args))
+}
+
+fn kind_name(doc: &Value) -> String {
+    format!(
+        "{}/{}",
+        doc["kind"].as_str().unwrap_or("?"),
+        doc["metadata"]["name"].as_str().unwrap_or("?")
+    )
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {kind}/{name} rendered; got {:?}",
+                docs.iter().map(kind_name).collect::<Vec<_>>()
+            )
+        })
+}
+
+fn kinds(docs: &[Value]) -> Vec<String> {
+    docs.iter().map(kind_name).collect()
+}
+
+fn env_of(container: &Value) -> BTreeMap<String, Value> {
+    container["env"]
+        .as_array()
+        .map(|env| {
+            env.iter()
+                .map(|e| {
+                    let value = e
+                        .get("value")
+                        .cloned()
+                        .unwrap_or_else(|| e["valueFrom"].clone());
+                    (e["name"].as_str().unwrap_or_default().to_string(), value)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A values file in a temporary folder.
+fn values_file(dir: &tempfile::TempDir, name: &str, yaml: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, yaml).expect("writing a values file");
+    path
+}
+
+#[test]
+fn lint_passes_with_the_defaults_and_every_ci_values_file() {
+    let chart = chart_dir();
+    let out = helm_ok(&["lint", "--strict", path_str(&chart)]);
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+    for values in ci_values() {
+        let out = helm_ok(&[
+            "lint",
+            "--strict",
+            path_str(&chart),
+            "--values",
+            path_str(&values),
+        ]);
+        assert!(
+            out.contains("0 chart(s) failed"),
+            "{}: {out}",
+            values.display()
+        );
+    }
+}
+
+#[test]
+fn every_ci_values_file_renders_what_it_switches_on() {
+    for values in ci_values() {
+        let docs = render("mixdown", &["--values", path_str(&values)]);
+        for doc in &docs {
+            assert!(
+                doc["apiVersion"].is_string() && doc["kind"].is_string(),
+                "{}: an object without apiVersion/kind: {doc}",
+                values.display()
+            );
+        }
+        let kinds = kinds(&docs);
+        let name = values.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let has = |prefix: &str| kinds.iter().any(|k| k.starts_with(prefix));
+        assert!(
+            has("CustomResourceDefinition/recordingjobs.mixdown.dev"),
+            "{name}: {kinds:?}"
+        );
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|k| k.starts_with("Deployment/"))
+                .count(),
+            2,
+            "{name}: the operator and the API: {kinds:?}"
+        );
+        match name {
+            "all-on-values.yaml" => {
+                for prefix in [
+                    "Ingress/",
+                    "NetworkPolicy/",
+                    "ServiceMonitor/",
+                    "PodDisruptionBudget/",
+                    "Pod/",
+                    "ConfigMap/mixdown-extra",
+                    "ConfigMap/mixdown-extra-string",
+                ] {
+                    assert!(has(prefix), "{name} renders {prefix}: {kinds:?}");
+                }
+            }
+            "cluster-wide-values.yaml" => {
+                assert!(
+                    has("ClusterRole/") && has("ClusterRoleBinding/"),
+                    "{kinds:?}"
+                );
+            }
+            _ => {
+                assert!(
+                    !has("ClusterRole") && !has("Ingress/") && !has("ServiceMonitor/"),
+                    "{name}: nothing cluster-wide or optional by default: {kinds:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_defaults_are_highly_available_least_privileged_and_restricted() {
+    let docs = render("studio", &[]);
+    let operator = find(&docs, "Deployment", "mixdown-operator");
+    let api = find(&docs, "Deployment", "mixdown-api");
+    assert_eq!(operator["spec"]["replicas"], 2);
+    assert_eq!(api["spec"]["replicas"], 2);
+
+    let operator_env = env_of(&operator["spec"]["template"]["spec"]["containers"][0]);
+    assert_eq!(operator_env["MIXDOWN_LEADER_ELECTION"], "true");
+    assert_eq!(operator_env["MIXDOWN_WATCH_NAMESPACE"], "studio");
+    assert_eq!(
+        operator_env["MIXDOWN_LEASE_IDENTITY"]["fieldRef"]["fieldPath"], "metadata.name",
+        "each replica is its Pod in the Lease"
+    );
+    assert_eq!(
+        operator_env["MIXDOWN_WORKER_SERVICE_ACCOUNT"],
+        "mixdown-worker"
+    );
+    assert_eq!(
+        operator_env["MIXDOWN_WORKER_IMAGE"], "ghcr.io/mixdown-dev/mixdown-worker:0.1.0",
+        "image tags default to appVersion"
+    );
+
+    for (deployment, sa) in [(operator, "mixdown-operator"), (api, "mixdown-api")] {
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert_eq!(pod["serviceAccountName"], sa);
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        let container = &pod["containers"][0];
+        let sc = &container["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{sa}");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{sa}");
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{sa}");
+        assert_eq!(
+            container["readinessProbe"]["httpGet"]["path"], "/readyz",
+            "{sa}"
+        );
+        assert_eq!(
+            container["livenessProbe"]["httpGet"]["path"], "/healthz",
+            "{sa}"
+        );
+    }
+
+    // No secret material rendered: keys and credentials come from Secrets the user names.
+    assert!(
+        !kinds(&docs).iter().any(|k| k.starts_with("Secret/")),
+        "{:?}",
+        kinds(&docs)
+    );
+    let api_env = env_of(&api["spec"]["template"]["spec"]["containers"][0]);
+    assert_eq!(
+        api_env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["name"],
+        "mixdown-s3-credentials"
+    );
+    assert_eq!(
+        api_env["MIXDOWN_SIGNING_KEY_FILE"],
+        "/etc/mixdown/keys/signing-key"
+    );
+
+    let service = find(&docs, "Service", "mixdown-api");
+    assert_eq!(service["spec"]["sessionAffinity"], "ClientIP");
+
+    let worker = find(&docs, "Role", "mixdown-worker");
+    assert_eq!(
+        worker["rules"],
+        json!([{"apiGroups": ["mixdown.dev"], "resources": ["recordingjobs/status"], "verbs": ["patch"]}]),
+        "the worker may only patch RecordingJob status"
+    );
+    for sa in ["mixdown-operator", "mixdown-api", "mixdown-worker"] {
+        find(&docs, "ServiceAccount", sa);
+    }
+    let pdb = find(&docs, "PodDisruptionBudget", "mixdown-api");
+    assert_eq!(
+        pdb["apiVersion"], "policy/v1beta1",
+        "Kubernetes 1.20 has no policy/v1"
+    );
+    let current = render("studio", &["--kube-version", "v1.34.0"]);
+    assert_eq!(
+        find(&current, "PodDisruptionBudget", "mixdown-api")["apiVersion"],
+        "policy/v1"
+    );
+}
+
+#[test]
+fn a_value_of_the_wrong_type_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wrong = values_file(&dir, "wrong-type.yaml", "operator:\n  replicas: two\n");
+    let chart = chart_dir();
+    for verb in ["template", "lint"] {
+        let mut args = vec![verb];
+        if verb == "template" {
+            args.push("mixdown");
+        }
+        args.extend([path_str(&chart), "--values", path_str(&wrong)]);
+        let err = helm_fails(&args);
+        assert!(
+            err.contains("/operator/replicas") || err.contains("operator.replicas"),
+            "helm {verb} names the field: {err}"
+        );
+    }
+    let err = helm_fails(&[
+        "template",
+        "mixdown",
+        path_str(&chart),
+        "--set",
+        "worker.profile=mkv",
+    ]);
+    assert!(
+        err.contains("profile"),
+        "an unknown profile is refused: {err}"
+    );
+}
+
+#[test]
+fn an_unknown_key_is_refused_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A typo a user makes: `replica` for `replicas`.
+    let typo = values_file(&dir, "typo.yaml", "api:\n  replica: 3\n");
+    let chart = chart_dir();
+    let err = helm_fails(&[
+        "template",
+        "mixdown",
+        path_str(&chart),
+        "--values",
+        path_str(&typo),
+    ]);
+    assert!(
+        err.contains("replica") && err.contains("additional properties"),
+        "the unknown key is named: {err}"
+    );
+    let err = helm_fails(&[
+        "template",
+        "mixdown",
+        path_str(&chart),
+        "--set",
+        "storage.accessKey=AKIA",
+    ]);
+    assert!(err.contains("accessKey"), "{err}");
+}
+
+#[test]
+fn rendering_twice_gives_the_same_bytes() {
+    for values in ci_values() {
+        let args = ["--values", path_str(&values)];
+        let first = template_text("mixdown", &args);
+        let second = template_text("mixdown", &args);
+        assert!(
+            first == second,
+            "{}: two renders differ (random values or lookup in a template?)",
+            values.display()
+        );
+    }
+    for template in std::fs::read_dir(chart_dir().join("templates"))
+        .expect("templates/")
+        .flatten()
+        .filter(|e| e.path().is_file())
+    {
+        let text = std::fs::read_to_string(template.path()).expect("readable template");
+        for word in [
+            "randAlpha",
+            "randNumeric",
+            "randAscii",
+            "uuidv4",
+            "lookup ",
+            "now",
+        ] {
+            assert!(
+                !text.contains(word),
+                "{} uses {word}: renders would not be deterministic",
+                template.path().display()
+            );
+        }
+    }
+}
+
+/// Strips what the chart adds to the generated CRD: its labels and the keep annotation.
+fn without_chart_metadata(mut crd: Value) -> Value {
+    let meta = crd["metadata"].as_object_mut().expect("CRD metadata");
+    meta.remove("labels");
+    meta.remove("annotations");
+    crd
+}
+
+/// Numbers as the API server stores them: a float with no fraction is the same number as the
+/// integer (the generator writes `maximum: 100.0`).
+fn normalize_numbers(value: Value) -> Value {
+    match value {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => json!(f as i64),
+            _ => Value::Number(n),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(normalize_numbers).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (k, normalize_numbers(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+#[test]
+fn the_chart_installs_the_crd_that_crdgen_generates() {
+    let committed = std::fs::read_to_string(repo_root().join("crds/recordingjob.yaml"))
+        .expect("crds/recordingjob.yaml");
+    // `cargo xtask crdgen` writes both files; the template reads the chart's copy through
+    // files/recordingjob.yaml, a link, because Helm must not see crds/ (see .helmignore).
+    let in_chart = std::fs::read_to_string(chart_dir().join("crds/recordingjob.yaml"))
+        .expect("charts/mixdown/crds/recordingjob.yaml");
+    assert!(
+        in_chart == committed,
+        "charts/mixdown/crds/recordingjob.yaml differs from crds/recordingjob.yaml: run `cargo xtask crdgen`"
+    );
+    let link = std::fs::read_link(chart_dir().join("files/recordingjob.yaml"))
+        .expect("charts/mixdown/files/recordingjob.yaml is a link");
+    assert_eq!(link, Path::new("../crds/recordingjob.yaml"));
+
+    // With --include-crds Helm adds what it would install from crds/ on its own: nothing, so the
+    // CRD is there once, from the template, with its annotations.
+    let docs = render("mixdown", &["--include-crds"]);
+    let crds: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+        .collect();
+    assert_eq!(
+        crds.len(),
+        1,
+        "one CRD, from templates/crds.yaml: {:?}",
+        kinds(&docs)
+    );
+    let crd = crds[0];
+    assert_eq!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"], "keep",
+        "kept on uninstall"
+    );
+    let expected = documents(&committed).remove(0);
+    assert_eq!(
+        normalize_numbers(without_chart_metadata(crd.clone())),
+        normalize_numbers(expected),
+        "the rendered CRD is crds/recordingjob.yaml plus the chart's labels and annotations"
+    );
+
+    let without = render(
+        "mixdown",
+        &["--include-crds", "--set", "crds.enabled=false"],
+    );
+    assert!(
+        !kinds(&without)
+            .iter()
+            .any(|k| k.starts_with("CustomResourceDefinition/")),
+        "crds.enabled=false leaves the CRD out"
+    );
+    let kept = render("mixdown", &["--set", "crds.keep=false"]);
+    assert!(
+        find(
+            &kept,
+            "CustomResourceDefinition",
+            "recordingjobs.mixdown.dev"
+        )["metadata"]
+            .get("annotations")
+            .is_none(),
+        "crds.keep=false drops the keep annotation"
+    );
+}
+
+/// Resolves a rendered object's kind on the server.
+async fn api_for(client: &Client, doc: &Value, namespace: &str) -> Api<DynamicObject> {
+    let (group, version) = match doc["apiVersion"]
+        .as_str()
+        .expect("apiVersion")
+        .split_once('/')
+    {
+        Some((g, v)) => (g.to_string(), v.to_string()),
+        None => (
+            String::new(),
+            doc["apiVersion"].as_str().unwrap_or_default().to_string(),
+        ),
+    };
+    let gvk = GroupVersionKind::gvk(&group, &version, doc["kind"].as_str().expect("kind"));
+    let (resource, caps): (ApiResource, _) = discovery::pinned_kind(client, &gvk)
+        .await
+        .unwrap_or_else(|e| panic!("the API server does not serve {gvk:?}: {e}"));
+    match caps.scope {
+        Scope::Namespaced => Api::namespaced_with(client.clone(), namespace, &resource),
+        Scope::Cluster => Api::all_with(client.clone(), &resource),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_rendered_object_passes_a_server_side_dry_run() {
+    let cp = ControlPlane::shared().await;
+    let client = cp.client();
+    // Kinds whose CRDs the test control plane does not have (the Prometheus Operator's): not sent,
+    // and listed here so that nothing else is ever left unchecked.
+    let unchecked_groups = ["monitoring.coreos.com/"];
+    let mut unchecked = Vec::new();
+    let mut checked = 0;
+    for values in ci_values() {
+        let ns = cp.namespace().await;
+        let docs = render(ns.name(), &["--values", path_str(&values)]);
+        for doc in &docs {
+            let api_version = doc["apiVersion"].as_str().unwrap_or_default();
+            if unchecked_groups.iter().any(|g| api_version.starts_with(g)) {
+                unchecked.push(kind_name(doc));
+                continue;
+            }
+            let api = api_for(&client, doc, ns.name()).await;
+            let name = doc["metadata"]["name"].as_str().expect("a name");
+            // Server-side apply in dry-run mode: full validation and admission, whether or not
+            // the object (the CRD, shared by the whole control plane) already exists.
+            let params = PatchParams::apply("mixdown-chart-test").force().dry_run();
+            api.patch(name, &params, &Patch::Apply(doc))
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{}: the API server refuses {}: {e}",
+                        values.display(),
+                        kind_name(doc)
+                    )
+                });
+            checked += 1;
+        }
+    }
+    assert!(checked > 40, "{checked} objects checked");
+    assert_eq!(
+        unchecked,
+        [
+            "ServiceMonitor/mixdown-studio-operator",
+            "ServiceMonitor/mixdown-studio-api"
+        ],
+        "only ServiceMonitors go unchecked: the test control plane has no Prometheus Operator CRDs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn install_upgrade_and_uninstall_leave_what_a_user_expects() {
+    let cp = ControlPlane::shared().await;
+    let client = cp.client();
+    let ns = cp.namespace().await;
+    let kubeconfig = path_str(cp.kubeconfig_path()).to_string();
+    let chart = chart_dir();
+    let ns_name = ns.name().to_string();
+    let base = [
+        "--namespace",
+        ns_name.as_str(),
+        "--kubeconfig",
+        kubeconfig.as_str(),
+    ];
+    let storage = [
+        "--set",
+        "storage.endpoint=http://127.0.0.1:9000",
+        "--set",
+        "storage.bucket=recordings",
+        "--set",
+        "storage.pathStyle=true",
+    ];
+
+    let mut install = vec!["install", "mixdown", path_str(&chart)];
+    install.extend(base);
+    install.extend(storage);
+    helm_ok(&install);
+
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = crds
+        .get("recordingjobs.mixdown.dev")
+        .await
+        .expect("helm install created the RecordingJob CRD");
+    assert_eq!(
+        crd.annotations()
+            .get("helm.sh/resource-policy")
+            .map(String::as_str),
+        Some("keep")
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns_name);
+    for name in ["mixdown-operator", "mixdown-api"] {
+        let d = deployments.get(name).await.expect("Deployment created");
+        assert_eq!(d.spec.and_then(|s| s.replicas), Some(2), "{name}");
+    }
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns_name);
+    let svc = services.get("mixdown-api").await.expect("API Service");
+    assert_eq!(
+        svc.spec.and_then(|s| s.session_affinity).as_deref(),
+        Some("ClientIP")
+    );
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns_name);
+    for name in ["mixdown-operator", "mixdown-api", "mixdown-worker"] {
+        accounts.get(name).await.expect("ServiceAccount created");
+    }
+    let roles: Api<Role> = Api::namespaced(client.clone(), &ns_name);
+    roles.get("mixdown-worker").await.expect("worker Role");
+
+    // A RecordingJob, as the API would create one; it must outlive the release.
+    let rj_api: Api<RecordingJob> = Api::namespaced(client.clone(), &ns_name);
+    let rj: RecordingJob = serde_json::from_value(json!({
+        "apiVersion": "mixdown.dev/v1alpha1",
+        "kind": "RecordingJob",
+        "metadata": {"name": "rec-kept"},
+        "spec": {
+            "roomId": "room-1",
+            "recordingId": "rec_kept",
+            "tracks": [{"participantId": "alice", "source": {"prefix": "riverside/chunks/room-1/rec_kept/alice/"}}],
+            "output": {"prefix": "riverside/processed/room-1/rec_kept/"}
+        }
+    }))
+    .expect("a valid RecordingJob");
+    rj_api
+        .create(&PostParams::default(), &rj)
+        .await
+        .expect("RecordingJobs can be created once the chart is installed");
+
+    // Upgrade with changed values: no manual step, the change is applied.
+    let mut upgrade = vec!["upgrade", "mixdown", path_str(&chart)];
+    upgrade.extend(base);
+    upgrade.extend(storage);
+    upgrade.extend([
+        "--set",
+        "api.replicas=3",
+        "--set",
+        "worker.maxRunningJobs=3",
+    ]);
+    helm_ok(&upgrade);
+    let api_deployment = deployments
+        .get("mixdown-api")
+        .await
+        .expect("API Deployment");
+    assert_eq!(api_deployment.spec.and_then(|s| s.replicas), Some(3));
+    let operator = deployments.get("mixdown-operator").await.expect("operator");
+    let env = operator
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|p| p.containers[0].env.clone().unwrap_or_default())
+        .unwrap_or_default();
+    assert!(
+        env.iter()
+            .any(|e| e.name == "MIXDOWN_MAX_RUNNING_JOBS" && e.value.as_deref() == Some("3")),
+        "{env:?}"
+    );
+    let status = helm_ok(&[
+        "status",
+        "mixdown",
+        "--namespace",
+        &ns_name,
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
+    assert!(status.contains("REVISION: 2"), "{status}");
+
+    let mut uninstall = vec!["uninstall", "mixdown"];
+    uninstall.extend(base);
+    let out = helm_ok(&uninstall);
+    assert!(
+        out.contains("recordingjobs.mixdown.dev") || out.contains("kept"),
+        "helm says what it kept: {out}"
+    );
+    for name in ["mixdown-operator", "mixdown-api"] {
+        let gone = deployments
+            .get_opt(name)
+            .await
+            .expect("reading Deployments");
+        assert!(gone.is_none(), "{name} is deleted with the release");
+    }
+    crds.get("recordingjobs.mixdown.dev")
+        .await
+        .expect("the CRD is kept after uninstall");
+    rj_api
+        .get("rec-kept")
+        .await
+        .expect("RecordingJobs are kept after uninstall");
+}
