@@ -2,17 +2,24 @@
 //! (Jobs, garbage collection) act on Pods that really run.
 //!
 //! It registers a Ready Node of its own, binds the namespace's pending Pods to it (there is no
-//! scheduler), and runs each Pod's first container as a local process: the image names a local
-//! program ([`PodRunner::image`]), the container's `command`/`args`/`env` are honoured, and the
-//! process acts with the Pod's ServiceAccount identity through a `KUBECONFIG`, so RBAC applies as
-//! in a cluster. It reports status like the kubelet (Running; then Succeeded or Failed with the
+//! scheduler), and runs each Pod's first container in one of two ways, chosen per image:
+//! - as a local process (fast, the default): the image names a local program
+//!   ([`PodRunner::image`]), the container's `command`/`args`/`env` are honoured, and the process
+//!   acts with the Pod's ServiceAccount identity through a `KUBECONFIG`;
+//! - with podman, from the image itself ([`PodRunner::podman_image`]): command and args over the
+//!   image's ENTRYPOINT and CMD, the security context, emptyDirs, the termination message file and
+//!   the ServiceAccount token projected at `/var/run/secrets/kubernetes.io/serviceaccount/` with
+//!   `KUBERNETES_SERVICE_HOST`/`PORT` set, on the host's network, so the program finds the API
+//!   server with kube's in-cluster configuration (see the `podman` module).
+//!
+//! Either way RBAC applies as in a cluster. It reports status like the kubelet (Running; then Succeeded or Failed with the
 //! exit code and termination message), restarts containers per `restartPolicy`, and when a Pod is
 //! deleted it stops the process and finishes the deletion, without which a bound Pod would stay
 //! Terminating forever.
 //!
-//! Container paths are mapped onto this machine: the termination message file and emptyDir
-//! mounts get local stand-ins, and environment values and whole arguments naming them are
-//! rewritten. Not played: init containers and containers after the first, other volumes, probes,
+//! For local processes, container paths are mapped onto this machine: the termination message file
+//! and emptyDir mounts get local stand-ins, and environment values and whole arguments naming them
+//! are rewritten (podman bind-mounts the same stand-ins at the real paths). Not played: init containers and containers after the first, other volumes, probes,
 //! resource limits, and the Pod's own `activeDeadlineSeconds` (the Job's is the Job controller's).
 //!
 //! The runner's API endpoint and CA come from the cluster, the way a Pod finds its API server:
@@ -20,6 +27,7 @@
 //! the namespace's `kube-root-ca.crt` ConfigMap.
 
 mod container;
+pub(crate) mod podman;
 mod run;
 mod status;
 
@@ -48,11 +56,20 @@ const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The Kubernetes version the runner's Node claims, matching the test control plane.
 const KUBELET_VERSION: &str = "v1.20.2";
 
+/// How the containers of one image are run.
+#[derive(Clone, Debug)]
+enum Launch {
+    /// As this local program.
+    Program(PathBuf),
+    /// With podman, from the image.
+    Podman,
+}
+
 /// Configures a pod runner for one namespace; [`PodRunner::start`] runs it.
 pub struct PodRunner {
     client: Client,
     namespace: String,
-    images: BTreeMap<String, PathBuf>,
+    images: BTreeMap<String, Launch>,
 }
 
 impl PodRunner {
@@ -69,7 +86,16 @@ impl PodRunner {
     /// Runs containers of `image` (exactly as written in the Pod, tag included) as `program`.
     /// Pods with an image no call mapped fail at once, with a message saying so.
     pub fn image(mut self, image: impl Into<String>, program: impl Into<PathBuf>) -> Self {
-        self.images.insert(image.into(), program.into());
+        self.images
+            .insert(image.into(), Launch::Program(program.into()));
+        self
+    }
+
+    /// Runs containers of `image` (exactly as written in the Pod) with podman from the image
+    /// itself, as a kubelet would: see the module docs. The image must be in podman's local
+    /// storage (it is never pulled); a Pod naming a missing one fails with `ErrImageNeverPull`.
+    pub fn podman_image(mut self, image: impl Into<String>) -> Self {
+        self.images.insert(image.into(), Launch::Podman);
         self
     }
 
@@ -82,15 +108,18 @@ impl PodRunner {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let dir = children::temp_dir("mixdown-pods-")?;
+        if self.images.values().any(|l| matches!(l, Launch::Podman)) {
+            let _ = tokio::task::spawn_blocking(podman::remove_stale_containers).await;
+        }
         let started = async {
-            let (server_url, ca_pem) = api_endpoint(&self.client, &self.namespace).await?;
+            let (server_port, ca_pem) = api_endpoint(&self.client, &self.namespace).await?;
             let ca_file = dir.join("ca.crt");
             std::fs::write(&ca_file, ca_pem)?;
             register_node(&self.client, &node).await?;
-            anyhow::Ok((server_url, ca_file))
+            anyhow::Ok((server_port, ca_file))
         }
         .await;
-        let (server_url, ca_file) = match started {
+        let (server_port, ca_file) = match started {
             Ok(s) => s,
             Err(e) => {
                 children::remove_dir(&dir);
@@ -98,15 +127,18 @@ impl PodRunner {
             }
         };
         let groups = Groups::default();
+        let containers = Containers::default();
         let runner = Arc::new(Runner {
             client: self.client,
             namespace: self.namespace,
             node: node.clone(),
             images: self.images,
-            server_url,
+            server_url: format!("https://{LOOPBACK}:{server_port}"),
+            server_port,
             ca_file,
             dir: dir.clone(),
             groups: groups.clone(),
+            containers: containers.clone(),
         });
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(watch_pods(runner, stopped));
@@ -115,18 +147,21 @@ impl PodRunner {
             node,
             dir,
             groups,
+            containers,
             stop: Some(stop),
             task: Some(task),
         })
     }
 }
 
-/// A running pod runner. Dropping it (or [`PodRunnerHandle::stop`]) kills every process it
-/// started and removes their files; the Pods' objects stay as they are, like after a node crash.
+/// A running pod runner. Dropping it (or [`PodRunnerHandle::stop`]) kills every process and
+/// removes every container it started, and their files; the Pods' objects stay as they are, like
+/// after a node crash.
 pub struct PodRunnerHandle {
     node: String,
     dir: PathBuf,
     groups: Groups,
+    containers: Containers,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -143,12 +178,15 @@ impl PodRunnerHandle {
         &self.dir
     }
 
-    /// Stops watching and kills every process, waiting for the runner's task to end.
+    /// Stops watching, kills every process and removes every container, waiting for the
+    /// runner's task to end.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         self.groups.kill_all();
+        let containers = self.containers.clone();
+        let _ = tokio::task::spawn_blocking(move || containers.remove_all()).await;
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
@@ -160,6 +198,7 @@ impl Drop for PodRunnerHandle {
         // Synchronously, so that nothing survives even when the runtime is going away (a test
         // that panicked): the task's own cleanup might never run.
         self.groups.kill_all();
+        self.containers.remove_all();
         if let Some(task) = self.task.take() {
             task.abort();
         }
@@ -172,11 +211,15 @@ struct Runner {
     client: Client,
     namespace: String,
     node: String,
-    images: BTreeMap<String, PathBuf>,
+    images: BTreeMap<String, Launch>,
+    /// `https://127.0.0.1:<port>`, for kubeconfigs.
     server_url: String,
+    /// The API server's port on loopback, for `KUBERNETES_SERVICE_PORT`.
+    server_port: u16,
     ca_file: PathBuf,
     dir: PathBuf,
     groups: Groups,
+    containers: Containers,
 }
 
 /// The process groups of the containers a runner started, so that they can all be killed at once.
@@ -210,10 +253,42 @@ impl Groups {
     }
 }
 
+/// The podman containers of a runner, by name, so that they can all be removed at once.
+#[derive(Clone, Default)]
+struct Containers(Arc<Mutex<BTreeSet<String>>>);
+
+impl Containers {
+    fn lock(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn add(&self, name: &str) {
+        children::track_container(name);
+        self.lock().insert(name.to_string());
+    }
+
+    /// Forgets a container that is gone (removed by `podman run --rm` or by the caller).
+    fn forget(&self, name: &str) {
+        children::untrack_container(name);
+        self.lock().remove(name);
+    }
+
+    /// Removes every container, blocking until podman is done.
+    fn remove_all(&self) {
+        let names: Vec<String> = std::mem::take(&mut *self.lock()).into_iter().collect();
+        podman::remove_blocking(&names);
+        for name in &names {
+            children::untrack_container(name);
+        }
+    }
+}
+
 /// The API server as a Pod finds it: the `kubernetes` Service, whose ClusterIP is not routable
 /// here, so its target port on loopback; and the CA the controller manager publishes in every
 /// namespace.
-async fn api_endpoint(client: &Client, namespace: &str) -> Result<(String, String)> {
+async fn api_endpoint(client: &Client, namespace: &str) -> Result<(u16, String)> {
     let service = Api::<Service>::namespaced(client.clone(), "default")
         .get("kubernetes")
         .await
@@ -229,7 +304,7 @@ async fn api_endpoint(client: &Client, namespace: &str) -> Result<(String, Strin
     let IntOrString::Int(port) = port else {
         bail!("Service default/kubernetes has a named target port");
     };
-    let server_url = format!("https://{LOOPBACK}:{port}");
+    let port = u16::try_from(port).context("Service default/kubernetes: target port")?;
 
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let start = Instant::now();
@@ -240,7 +315,7 @@ async fn api_endpoint(client: &Client, namespace: &str) -> Result<(String, Strin
             .and_then(|cm| cm.data)
             .and_then(|mut d| d.remove("ca.crt"));
         if let Some(ca) = ca {
-            return Ok((server_url, ca));
+            return Ok((port, ca));
         }
         if start.elapsed() > DISCOVERY_TIMEOUT {
             bail!("no ConfigMap kube-root-ca.crt in {namespace} after {DISCOVERY_TIMEOUT:?}");

@@ -6,7 +6,8 @@
 //! - a process group per child: a pod's `sh -c` may fork grandchildren that PDEATHSIG does not
 //!   reach, and killing the group takes them too, like a container runtime tearing down a cgroup;
 //! - an `atexit` handler: libtest leaves through `exit()` even when tests panic, so this is where the
-//!   control plane gets a graceful SIGTERM and the temporary directories are removed.
+//!   control plane gets a graceful SIGTERM, the pod runner's podman containers (which no signal to
+//!   a process of ours reaches) are removed, and the temporary directories are removed.
 //!
 //! Directories are named `<prefix><pid>-<random>`, so that a later run can remove those a test
 //! binary left behind when it was killed outright, and kill what still runs in them.
@@ -30,11 +31,14 @@ const DIR_PREFIXES: &[&str] = &["mixdown-cp-", "mixdown-pods-"];
 struct Tracked {
     /// Process ids, each the leader of its own process group.
     groups: BTreeSet<i32>,
+    /// Names of podman containers.
+    containers: BTreeSet<String>,
     dirs: BTreeSet<PathBuf>,
 }
 
 static TRACKED: Mutex<Tracked> = Mutex::new(Tracked {
     groups: BTreeSet::new(),
+    containers: BTreeSet::new(),
     dirs: BTreeSet::new(),
 });
 static AT_EXIT: Once = Once::new();
@@ -75,6 +79,16 @@ pub(crate) fn untrack_group(pid: u32) {
     if let Ok(pid) = i32::try_from(pid) {
         tracked().groups.remove(&pid);
     }
+}
+
+/// Tracks a podman container by name until [`untrack_container`]; removed at exit.
+pub(crate) fn track_container(name: &str) {
+    register_at_exit();
+    tracked().containers.insert(name.to_string());
+}
+
+pub(crate) fn untrack_container(name: &str) {
+    tracked().containers.remove(name);
 }
 
 /// Sends `signal` to the whole process group led by `pid`.
@@ -179,10 +193,16 @@ fn wait_all(pids: &mut Vec<i32>, deadline: Instant) {
 
 /// Stops every tracked process group and removes every tracked directory.
 fn cleanup_all() {
-    let (groups, dirs) = {
+    let (groups, containers, dirs) = {
         let mut t = tracked();
-        (std::mem::take(&mut t.groups), std::mem::take(&mut t.dirs))
+        (
+            std::mem::take(&mut t.groups),
+            std::mem::take(&mut t.containers),
+            std::mem::take(&mut t.dirs),
+        )
     };
+    // Killing a `podman run` client leaves its container running: remove them by name.
+    crate::pods::podman::remove_blocking(&containers.into_iter().collect::<Vec<_>>());
     let mut alive: Vec<i32> = groups.iter().copied().collect();
     for &pid in &alive {
         // SAFETY: see signal_group.

@@ -17,7 +17,7 @@ pub(super) const LOOPBACK: &str = "127.0.0.1";
 /// Container paths (`/dev/termination-log`, emptyDir mount paths) and the local paths that stand
 /// in for them. A value naming such a path, or something below it, is rewritten; longer container
 /// paths win, as the innermost mount would in a container.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct PathMap {
     entries: Vec<(String, PathBuf)>,
 }
@@ -33,6 +33,13 @@ impl PathMap {
         self.entries.push((container_path.to_string(), local));
         self.entries
             .sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+    }
+
+    /// Every container path and its local stand-in, innermost first.
+    pub(super) fn entries(&self) -> impl Iterator<Item = (&str, &Path)> {
+        self.entries
+            .iter()
+            .map(|(container_path, local)| (container_path.as_str(), local.as_path()))
     }
 
     pub(super) fn rewrite(&self, value: &str) -> String {

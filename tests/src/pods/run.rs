@@ -1,8 +1,9 @@
 //! One Pod's life on the pod runner's Node, from its first container's start to its end, like the
 //! kubelet's pod worker: build the container's configuration (retrying while a Secret or the
-//! ServiceAccount is missing), start the process, report Running, then either report how it ended
-//! (and restart it if the restart policy says so) or, when the Pod is being deleted, stop the
-//! process and finish the deletion.
+//! ServiceAccount is missing), start the process (a local program, or `podman run` of the image),
+//! report Running, then either report how it ended (and restart it if the restart policy says so)
+//! or, when the Pod is being deleted, stop the process (and the container) and finish the
+//! deletion.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -19,9 +20,10 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-use super::Runner;
-use super::container::{self, PathMap};
+use super::container::{self, LOOPBACK, PathMap};
+use super::podman;
 use super::status::{self, ContainerId};
+use super::{Launch, Runner};
 use crate::cluster::children;
 
 /// The grace period a deleted Pod gets at most, whatever it asks for: tests should not wait 30 s.
@@ -55,6 +57,32 @@ struct PodWorker<'a> {
 enum Outcome {
     Exited(ExitStatus),
     Deleted,
+}
+
+/// What to start, once the container's configuration is built.
+enum Start {
+    /// A local program with its arguments and environment.
+    Program {
+        program: PathBuf,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    },
+    /// `podman run` with these arguments (the container's environment passed by name) and these
+    /// variables added to podman's own environment.
+    Podman {
+        container: String,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    },
+}
+
+impl Start {
+    fn container(&self) -> Option<&str> {
+        match self {
+            Start::Program { .. } => None,
+            Start::Podman { container, .. } => Some(container),
+        }
+    }
 }
 
 impl<'a> PodWorker<'a> {
@@ -104,17 +132,28 @@ impl<'a> PodWorker<'a> {
             image,
             pid: None,
         };
-        let Some(program) = self.runner.images.get(image) else {
+        let Some(launch) = self.runner.images.get(image) else {
             let mapped: Vec<&str> = self.runner.images.keys().map(String::as_str).collect();
             let message = format!(
                 "image {image:?} is not mapped to a local program by this pod runner (it maps {mapped:?}); \
-                 add .image({image:?}, \"/path/to/program\") to the PodRunner"
+                 add .image({image:?}, \"/path/to/program\") or .podman_image({image:?}) to the PodRunner"
             );
             tracing::warn!(pod = %self.name, "{message}");
             return self
                 .patch_status(status::failed_to_start(&id, "ErrImagePull", &message))
                 .await;
         };
+        if matches!(launch, Launch::Podman) && !podman::image_exists(image).await.unwrap_or(false) {
+            // What a kubelet says with `imagePullPolicy: Never`: nothing is ever pulled here.
+            let message = format!(
+                "Container image {image:?} is not present with pull policy of Never \
+                 (build it with ffmpeg-image/build.sh --component all, or check `podman images`)"
+            );
+            tracing::warn!(pod = %self.name, "{message}");
+            return self
+                .patch_status(status::failed_to_start(&id, "ErrImageNeverPull", &message))
+                .await;
+        }
 
         let uid = self.pod.uid().unwrap_or_default();
         let dir = self
@@ -125,11 +164,18 @@ impl<'a> PodWorker<'a> {
             std::fs::create_dir_all(dir.join(sub))?;
         }
         let (paths, termination_log) = container::map_paths(self.pod, container, &dir)?;
+        if matches!(launch, Launch::Podman) {
+            open_to_the_container_user(&paths)?;
+        }
         let log_path = dir.join("container.log");
 
-        let (env, args) = loop {
-            match self.configure(container, &dir, &paths).await {
-                Ok(config) => break config,
+        let start = loop {
+            let configured = match launch {
+                Launch::Program(program) => self.configure(program, container, &dir, &paths).await,
+                Launch::Podman => self.configure_podman(container, &dir, &paths).await,
+            };
+            match configured {
+                Ok(start) => break start,
                 Err(e) => {
                     let message = format!("{e:#}");
                     tracing::info!(pod = %self.name, %message, "pod runner: container config not ready, retrying");
@@ -153,7 +199,13 @@ impl<'a> PodWorker<'a> {
         loop {
             std::fs::write(&termination_log, b"")?;
             let started_at = status::now();
-            let mut child = match self.spawn(program, &args, &env, &dir, &log_path) {
+            if restart_count > 0
+                && let Some(name) = start.container()
+            {
+                // `--rm` removed it, unless podman itself failed: a name must be free to reuse.
+                self.remove_container(name).await;
+            }
+            let mut child = match self.spawn(&start, &dir, &log_path) {
                 Ok(child) => child,
                 Err(e) => {
                     let message = format!("{e:#}");
@@ -165,7 +217,16 @@ impl<'a> PodWorker<'a> {
             };
             let pid = child.id();
             id.pid = pid;
-            tracing::info!(pod = %self.name, ?pid, program = %program.display(), ?args, "pod runner: container started");
+            match &start {
+                Start::Program { program, args, .. } => {
+                    tracing::info!(pod = %self.name, ?pid, program = %program.display(), ?args, "pod runner: container started");
+                }
+                Start::Podman {
+                    container, args, ..
+                } => {
+                    tracing::info!(pod = %self.name, ?pid, %container, ?args, "pod runner: container started with podman");
+                }
+            }
             // Not fatal: the process runs, and its end or the Pod's deletion is still handled.
             if let Err(e) = self
                 .patch_status(status::running(
@@ -187,7 +248,7 @@ impl<'a> PodWorker<'a> {
             let exited = match outcome {
                 Outcome::Deleted => {
                     let grace = deletion.borrow().unwrap_or(0);
-                    self.stop(&mut child, grace).await;
+                    self.stop(&mut child, start.container(), grace).await;
                     return self.delete_now(deletion).await;
                 }
                 Outcome::Exited(exited) => exited,
@@ -195,6 +256,9 @@ impl<'a> PodWorker<'a> {
             // Whatever the main process left running goes with it, as with a container.
             if let Some(pid) = pid {
                 self.runner.groups.kill(pid);
+            }
+            if let Some(name) = start.container() {
+                self.remove_container(name).await;
             }
             let exit_code = exited
                 .code()
@@ -234,14 +298,16 @@ impl<'a> PodWorker<'a> {
         }
     }
 
-    /// The container's environment and arguments. The Pod runs with its ServiceAccount's identity:
-    /// a token from the TokenRequest API, bound to the Pod, in a kubeconfig named by `KUBECONFIG`.
+    /// The local program's environment and arguments. The Pod runs with its ServiceAccount's
+    /// identity: a token from the TokenRequest API, bound to the Pod, in a kubeconfig named by
+    /// `KUBECONFIG`.
     async fn configure(
         &self,
+        program: &Path,
         container: &Container,
         dir: &Path,
         paths: &PathMap,
-    ) -> Result<(Vec<(String, String)>, Vec<String>)> {
+    ) -> Result<Start> {
         let kubeconfig = self.write_kubeconfig(dir).await?;
         // What the image and the container runtime would provide; the container can override it.
         let base = vec![
@@ -256,10 +322,105 @@ impl<'a> PodWorker<'a> {
         let env =
             container::environment(&self.runner.client, self.pod, container, base, paths).await?;
         let args = container::arguments(container, &env, paths);
-        Ok((env, args))
+        Ok(Start::Program {
+            program: program.to_path_buf(),
+            args,
+            env,
+        })
     }
 
-    async fn write_kubeconfig(&self, dir: &Path) -> Result<PathBuf> {
+    /// `podman run` of the image, configured as a kubelet configures a container: the environment
+    /// with the `kubernetes` Service's variables (pointing at loopback, as the container shares the
+    /// host's network), and the ServiceAccount token, the CA and the namespace where the
+    /// ServiceAccount admission plugin mounted them, so kube's in-cluster configuration works.
+    async fn configure_podman(
+        &self,
+        container: &Container,
+        dir: &Path,
+        paths: &PathMap,
+    ) -> Result<Start> {
+        let image = container.image.as_deref().unwrap_or_default();
+        let image_user = podman::image_user(image)
+            .await
+            .with_context(|| format!("inspecting image {image}"))?;
+        podman::security(self.pod, container)
+            .check_non_root(&image_user)
+            .map_err(anyhow::Error::msg)?;
+
+        let mut mounts = paths.clone();
+        if podman::service_account_mount(self.pod, container).is_some() {
+            let (_, token) = self.request_token().await?;
+            let sa_dir = dir.join("serviceaccount");
+            std::fs::create_dir_all(&sa_dir)?;
+            std::fs::write(sa_dir.join("token"), token)?;
+            std::fs::copy(&self.runner.ca_file, sa_dir.join("ca.crt"))?;
+            std::fs::write(sa_dir.join("namespace"), &self.runner.namespace)?;
+            // Readable by whatever user the container runs as, like the kubelet's 0644 files.
+            for file in ["token", "ca.crt", "namespace"] {
+                set_mode(&sa_dir.join(file), 0o644)?;
+            }
+            set_mode(&sa_dir, 0o755)?;
+            mounts.insert(podman::SERVICE_ACCOUNT_DIR, sa_dir);
+        }
+        let read_only: Vec<String> = container
+            .volume_mounts
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .filter(|m| m.read_only == Some(true))
+            .map(|m| m.mount_path.clone())
+            // A projected token is read-only whatever the mount says.
+            .chain([podman::SERVICE_ACCOUNT_DIR.to_string()])
+            .collect();
+
+        // What the kubelet sets for the `kubernetes` Service, before the container's own variables.
+        let port = self.runner.server_port.to_string();
+        let address = format!("tcp://{LOOPBACK}:{port}");
+        let base = vec![
+            ("KUBERNETES_SERVICE_HOST".to_string(), LOOPBACK.to_string()),
+            ("KUBERNETES_SERVICE_PORT".to_string(), port.clone()),
+            ("KUBERNETES_SERVICE_PORT_HTTPS".to_string(), port.clone()),
+            ("KUBERNETES_PORT".to_string(), address.clone()),
+            (format!("KUBERNETES_PORT_{port}_TCP"), address),
+            (
+                format!("KUBERNETES_PORT_{port}_TCP_PROTO"),
+                "tcp".to_string(),
+            ),
+            (format!("KUBERNETES_PORT_{port}_TCP_PORT"), port.clone()),
+            (
+                format!("KUBERNETES_PORT_{port}_TCP_ADDR"),
+                LOOPBACK.to_string(),
+            ),
+        ];
+        // No path mapping: the container sees its paths where the Pod says.
+        let env = container::environment(
+            &self.runner.client,
+            self.pod,
+            container,
+            base,
+            &PathMap::default(),
+        )
+        .await?;
+        let name = podman::container_name(self.pod);
+        let (args, env) = podman::run_args(&podman::RunSpec {
+            pod: self.pod,
+            container,
+            name: &name,
+            env: &env,
+            mounts: &mounts,
+            read_only: &read_only,
+        });
+        Ok(Start::Podman {
+            container: name,
+            args,
+            env,
+        })
+    }
+
+    /// A token of the Pod's ServiceAccount from the TokenRequest API, bound to the Pod (it stops
+    /// working when the Pod is deleted), for the API server's own audience: what the kubelet
+    /// projects. Returns the account's name and the token.
+    async fn request_token(&self) -> Result<(String, String)> {
         let account = self
             .pod
             .spec
@@ -290,6 +451,11 @@ impl<'a> PodWorker<'a> {
             .status
             .map(|s| s.token)
             .context("the TokenRequest came back without a token")?;
+        Ok((account.to_string(), token))
+    }
+
+    async fn write_kubeconfig(&self, dir: &Path) -> Result<PathBuf> {
+        let (account, token) = self.request_token().await?;
         let kubeconfig = json!({
             "apiVersion": "v1",
             "kind": "Config",
@@ -308,49 +474,103 @@ impl<'a> PodWorker<'a> {
         Ok(path)
     }
 
-    fn spawn(
-        &self,
-        program: &Path,
-        args: &[String],
-        env: &[(String, String)],
-        dir: &Path,
-        log_path: &Path,
-    ) -> Result<Child> {
+    fn spawn(&self, start: &Start, dir: &Path, log_path: &Path) -> Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log_path)?;
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .current_dir(dir.join("cwd"))
-            .stdin(Stdio::null())
+        let mut cmd = match start {
+            Start::Program { program, args, env } => {
+                let mut cmd = Command::new(program);
+                cmd.args(args)
+                    .env_clear()
+                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    .current_dir(dir.join("cwd"));
+                cmd
+            }
+            Start::Podman {
+                container,
+                args,
+                env,
+            } => {
+                // Tracked before it exists, so that no path can leave it behind.
+                self.runner.containers.add(container);
+                let mut cmd = podman::command();
+                cmd.args(args).envs(env.iter().map(|(k, v)| (k, v)));
+                cmd
+            }
+        };
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true)
             .process_group(0);
         // SAFETY: die_with_parent only calls prctl, which is async-signal-safe.
         unsafe { cmd.pre_exec(children::die_with_parent) };
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
+        let child = cmd.spawn().with_context(|| match start {
+            Start::Program { program, .. } => format!("starting {}", program.display()),
+            Start::Podman { .. } => "starting podman".to_string(),
+        })?;
         if let Some(pid) = child.id() {
             self.runner.groups.add(pid);
         }
         Ok(child)
     }
 
-    /// SIGTERM, then SIGKILL once the grace period (capped) is over, to the whole group.
-    async fn stop(&self, child: &mut Child, grace_seconds: i64) {
+    /// SIGTERM, then SIGKILL once the grace period (capped) is over: to the whole group, or to
+    /// the container (`podman stop`), which then is removed.
+    async fn stop(&self, child: &mut Child, container: Option<&str>, grace_seconds: i64) {
         let Some(pid) = child.id() else { return };
         let grace = Duration::from_secs(grace_seconds.max(0).unsigned_abs()).min(MAX_GRACE);
-        tracing::info!(pod = %self.name, pid, ?grace, "pod runner: pod deleted, stopping its container");
-        children::signal_group(pid, libc::SIGTERM);
-        let _ = tokio::time::timeout(grace, child.wait()).await;
+        tracing::info!(pod = %self.name, pid, ?container, ?grace, "pod runner: pod deleted, stopping its container");
+        match container {
+            Some(name) => {
+                let stop = podman::command()
+                    .args([
+                        "stop",
+                        "--ignore",
+                        "--time",
+                        &grace.as_secs().to_string(),
+                        name,
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .kill_on_drop(true)
+                    .status();
+                let _ = tokio::time::timeout(grace + Duration::from_secs(10), stop).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                self.remove_container(name).await;
+            }
+            None => {
+                children::signal_group(pid, libc::SIGTERM);
+                let _ = tokio::time::timeout(grace, child.wait()).await;
+            }
+        }
         self.runner.groups.kill(pid);
         let _ = child.wait().await;
     }
+
+    /// Removes the container if it is still there, and forgets it.
+    async fn remove_container(&self, name: &str) {
+        let names = vec![name.to_string()];
+        let _ = tokio::task::spawn_blocking(move || podman::remove_blocking(&names)).await;
+        self.runner.containers.forget(name);
+    }
+}
+
+/// Makes the emptyDirs writable (0777, as the kubelet creates them) and the termination message
+/// file writable (0666) by whatever user the container runs as.
+fn open_to_the_container_user(paths: &PathMap) -> std::io::Result<()> {
+    for (_, local) in paths.entries() {
+        let mode = if local.is_dir() { 0o777 } else { 0o666 };
+        set_mode(local, mode)?;
+    }
+    Ok(())
+}
+
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
 /// Deletes a Pod at once (grace period 0), if it is still the same Pod.
