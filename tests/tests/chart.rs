@@ -14,6 +14,9 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::Role;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -632,6 +635,174 @@ async fn every_rendered_object_passes_a_server_side_dry_run() {
     );
 }
 
+/// One question to the API server's RBAC authorizer, as `kubectl auth can-i --as` asks it:
+/// may ServiceAccount `sa` of `namespace` do `verb` on `resource` (`"group/resource/subresource"`,
+/// core group empty) named `name` in `target` (None: cluster-wide)?
+async fn can(
+    client: &Client,
+    namespace: &str,
+    sa: &str,
+    verb: &str,
+    resource: &str,
+    name: Option<&str>,
+    target: Option<&str>,
+) -> bool {
+    let mut parts = resource.splitn(3, '/');
+    let group = parts.next().unwrap_or_default();
+    let resource_name = parts.next().unwrap_or_default();
+    let subresource = parts.next();
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(format!("system:serviceaccount:{namespace}:{sa}")),
+            groups: Some(vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{namespace}"),
+                "system:authenticated".into(),
+            ]),
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(group.into()),
+                resource: Some(resource_name.into()),
+                subresource: subresource.map(Into::into),
+                verb: Some(verb.into()),
+                name: name.map(Into::into),
+                namespace: target.map(Into::into),
+                ..ResourceAttributes::default()
+            }),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    };
+    let api: Api<SubjectAccessReview> = Api::all(client.clone());
+    let answer = api
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("the API server answers a SubjectAccessReview");
+    answer.status.is_some_and(|s| s.allowed)
+}
+
+/// Checks each `(sa, verb, resource, name, allowed)` row in `target`, collecting every mismatch.
+async fn check_rbac(
+    client: &Client,
+    namespace: &str,
+    target: Option<&str>,
+    table: &[(&str, &str, &str, Option<&str>, bool)],
+) {
+    let mut wrong = Vec::new();
+    for &(sa, verb, resource, name, expected) in table {
+        let allowed = can(client, namespace, sa, verb, resource, name, target).await;
+        if allowed != expected {
+            wrong.push(format!(
+                "{sa} {} {verb} {resource}{} in {}",
+                if expected { "cannot" } else { "can" },
+                name.map(|n| format!("/{n}")).unwrap_or_default(),
+                target.unwrap_or("every namespace")
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "RBAC is not what the components need: {wrong:#?}"
+    );
+}
+
+/// What each component calls (allowed) and a few things it must not do (denied).
+fn namespaced_rbac_table() -> Vec<(
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    bool,
+)> {
+    let op = "mixdown-operator";
+    let api = "mixdown-api";
+    let worker = "mixdown-worker";
+    vec![
+        (op, "list", "mixdown.dev/recordingjobs", None, true),
+        (op, "watch", "mixdown.dev/recordingjobs", None, true),
+        (op, "delete", "mixdown.dev/recordingjobs", Some("rec"), true),
+        (
+            op,
+            "patch",
+            "mixdown.dev/recordingjobs/status",
+            Some("rec"),
+            true,
+        ),
+        (op, "create", "batch/jobs", None, true),
+        (op, "patch", "batch/jobs", Some("job"), true),
+        (op, "delete", "batch/jobs", Some("job"), true),
+        (op, "watch", "batch/jobs", None, true),
+        (op, "watch", "/pods", None, true),
+        (op, "list", "/events", None, true),
+        (op, "create", "events.k8s.io/events", None, true),
+        (op, "patch", "events.k8s.io/events", Some("e"), true),
+        (op, "create", "coordination.k8s.io/leases", None, true),
+        (op, "get", "coordination.k8s.io/leases", Some(op), true),
+        (op, "update", "coordination.k8s.io/leases", Some(op), true),
+        (
+            op,
+            "update",
+            "coordination.k8s.io/leases",
+            Some("someone-else"),
+            false,
+        ),
+        (op, "patch", "mixdown.dev/recordingjobs", Some("rec"), false),
+        (op, "get", "/secrets", Some("mixdown-s3-credentials"), false),
+        (op, "create", "/pods", None, false),
+        (api, "create", "mixdown.dev/recordingjobs", None, true),
+        (api, "patch", "mixdown.dev/recordingjobs", Some("rec"), true),
+        (api, "watch", "mixdown.dev/recordingjobs", None, true),
+        (api, "get", "mixdown.dev/recordingjobs", Some("rec"), true),
+        (api, "create", "/configmaps", None, true),
+        (api, "patch", "/configmaps", Some("marker"), true),
+        (api, "watch", "/configmaps", None, true),
+        (
+            api,
+            "patch",
+            "mixdown.dev/recordingjobs/status",
+            Some("rec"),
+            false,
+        ),
+        (
+            api,
+            "delete",
+            "mixdown.dev/recordingjobs",
+            Some("rec"),
+            false,
+        ),
+        (api, "create", "batch/jobs", None, false),
+        (api, "get", "/secrets", Some("mixdown-keys"), false),
+        (
+            worker,
+            "patch",
+            "mixdown.dev/recordingjobs/status",
+            Some("rec"),
+            true,
+        ),
+        (
+            worker,
+            "get",
+            "mixdown.dev/recordingjobs",
+            Some("rec"),
+            false,
+        ),
+        (
+            worker,
+            "patch",
+            "mixdown.dev/recordingjobs",
+            Some("rec"),
+            false,
+        ),
+        (worker, "list", "/pods", None, false),
+        (
+            worker,
+            "get",
+            "/secrets",
+            Some("mixdown-s3-credentials"),
+            false,
+        ),
+    ]
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn install_upgrade_and_uninstall_leave_what_a_user_expects() {
     let cp = ControlPlane::shared().await;
@@ -688,6 +859,30 @@ async fn install_upgrade_and_uninstall_leave_what_a_user_expects() {
     }
     let roles: Api<Role> = Api::namespaced(client.clone(), &ns_name);
     roles.get("mixdown-worker").await.expect("worker Role");
+    check_rbac(&client, &ns_name, Some(&ns_name), &namespaced_rbac_table()).await;
+    // Namespaced by default: nothing in another namespace.
+    check_rbac(
+        &client,
+        &ns_name,
+        Some("default"),
+        &[
+            (
+                "mixdown-operator",
+                "list",
+                "mixdown.dev/recordingjobs",
+                None,
+                false,
+            ),
+            (
+                "mixdown-api",
+                "create",
+                "mixdown.dev/recordingjobs",
+                None,
+                false,
+            ),
+        ],
+    )
+    .await;
 
     // A RecordingJob, as the API would create one; it must outlive the release.
     let rj_api: Api<RecordingJob> = Api::namespaced(client.clone(), &ns_name);
@@ -766,4 +961,154 @@ async fn install_upgrade_and_uninstall_leave_what_a_user_expects() {
         .get("rec-kept")
         .await
         .expect("RecordingJobs are kept after uninstall");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watching_all_namespaces_grants_the_operator_every_namespace_and_nothing_more() {
+    let cp = ControlPlane::shared().await;
+    let client = cp.client();
+    let ns = cp.namespace().await;
+    let other = cp.namespace().await;
+    let kubeconfig = path_str(cp.kubeconfig_path()).to_string();
+    let chart = chart_dir();
+    let values = chart.join("ci/cluster-wide-values.yaml");
+    // A second release of a cluster whose CRD another release owns: crds.enabled=false.
+    helm_ok(&[
+        "install",
+        "cluster-wide",
+        path_str(&chart),
+        "--namespace",
+        ns.name(),
+        "--kubeconfig",
+        &kubeconfig,
+        "--values",
+        path_str(&values),
+        "--set",
+        "crds.enabled=false",
+        "--set",
+        "fullnameOverride=mixdown",
+    ]);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns.name());
+    let operator = deployments.get("mixdown-operator").await.expect("operator");
+    let env = operator
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|p| p.containers[0].env.clone().unwrap_or_default())
+        .unwrap_or_default();
+    assert!(
+        !env.iter().any(|e| e.name == "MIXDOWN_WATCH_NAMESPACE"),
+        "no namespace set: the operator watches all: {env:?}"
+    );
+    check_rbac(
+        &client,
+        ns.name(),
+        Some(ns.name()),
+        &namespaced_rbac_table(),
+    )
+    .await;
+    check_rbac(
+        &client,
+        ns.name(),
+        Some(other.name()),
+        &[
+            (
+                "mixdown-operator",
+                "watch",
+                "mixdown.dev/recordingjobs",
+                None,
+                true,
+            ),
+            ("mixdown-operator", "create", "batch/jobs", None, true),
+            (
+                "mixdown-operator",
+                "create",
+                "events.k8s.io/events",
+                None,
+                true,
+            ),
+            (
+                "mixdown-operator",
+                "update",
+                "coordination.k8s.io/leases",
+                Some("mixdown-operator"),
+                false,
+            ),
+            ("mixdown-operator", "get", "/secrets", None, false),
+            // The API stays in its own namespace.
+            (
+                "mixdown-api",
+                "create",
+                "mixdown.dev/recordingjobs",
+                None,
+                false,
+            ),
+        ],
+    )
+    .await;
+    check_rbac(
+        &client,
+        ns.name(),
+        None,
+        &[(
+            "mixdown-operator",
+            "watch",
+            "mixdown.dev/recordingjobs",
+            None,
+            true,
+        )],
+    )
+    .await;
+    helm_ok(&[
+        "uninstall",
+        "cluster-wide",
+        "--namespace",
+        ns.name(),
+        "--kubeconfig",
+        &kubeconfig,
+    ]);
+}
+
+/// Leaf paths of a values tree: `a.b.c` for every scalar, list or empty map.
+fn leaf_paths(prefix: &str, value: &serde_yaml::Value, out: &mut Vec<String>) {
+    match value {
+        serde_yaml::Value::Mapping(map) if !map.is_empty() => {
+            for (key, child) in map {
+                let key = key.as_str().expect("string keys");
+                let path = if prefix.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                leaf_paths(&path, child, out);
+            }
+        }
+        _ => out.push(prefix.to_string()),
+    }
+}
+
+#[test]
+fn every_value_is_documented_in_the_chart_readme() {
+    let values: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(chart_dir().join("values.yaml")).expect("values.yaml"),
+    )
+    .expect("values.yaml is YAML");
+    let readme = std::fs::read_to_string(chart_dir().join("README.md")).expect("chart README");
+    let mut leaves = Vec::new();
+    leaf_paths("", &values, &mut leaves);
+    let undocumented: Vec<&String> = leaves
+        .iter()
+        .filter(|leaf| {
+            // A value is documented by its own row, or by the row of the Kubernetes object it
+            // belongs to (`operator.resources` documents `operator.resources.requests.cpu`).
+            let parts: Vec<&str> = leaf.split('.').collect();
+            !(1..=parts.len()).any(|n| {
+                let path = parts[..n].join(".");
+                (n > 1 || parts.len() == 1) && readme.contains(&format!("| `{path}` |"))
+            })
+        })
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "values without a row in charts/mixdown/README.md: {undocumented:?}"
+    );
 }
