@@ -717,6 +717,7 @@ impl AppState {
             upload_timeout_seconds: self.config.upload_timeout_seconds,
             backoff_limit: 3,
             active_deadline_seconds: 3600,
+            start_timeout_seconds: mixdown_crds::DEFAULT_START_TIMEOUT_SECONDS,
             ttl_seconds_after_finished: self.config.job_ttl_seconds,
             resources: None,
             node_selector: None,

@@ -126,6 +126,15 @@ pub struct RecordingJobSpec {
     #[schemars(range(min = 1, max = 86400))]
     pub active_deadline_seconds: i64,
 
+    /// Longest time, in seconds from its Job's creation, that the first worker Pod may take to
+    /// start. A Pod that cannot start (its image cannot be pulled, its Secret or ServiceAccount is
+    /// missing, it cannot be scheduled) fails the RecordingJob with PodNotStarted and the last
+    /// cause seen when this passes, and its Job is deleted so that it no longer takes a processing
+    /// slot. The chunks stay. 1 to 86400, default 600.
+    #[serde(default = "default_start_timeout_seconds")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub start_timeout_seconds: i64,
+
     /// When set, the RecordingJob (and so its Job and Pods) is deleted this many seconds after it
     /// succeeded or failed. Unset keeps it until someone deletes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -418,6 +427,13 @@ fn default_backoff_limit() -> i32 {
 
 fn default_active_deadline_seconds() -> i64 {
     3600
+}
+
+/// Default of `spec.startTimeoutSeconds`.
+pub const DEFAULT_START_TIMEOUT_SECONDS: i64 = 600;
+
+fn default_start_timeout_seconds() -> i64 {
+    DEFAULT_START_TIMEOUT_SECONDS
 }
 
 /// Default of `spec.uploadTimeoutSeconds`.

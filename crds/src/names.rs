@@ -76,6 +76,14 @@ pub mod reasons {
     pub const COMPLETED: &str = "Completed";
     /// The Job used up `backoffLimit` retries of transient failures.
     pub const BACKOFF_LIMIT_EXCEEDED: &str = "BackoffLimitExceeded";
+    /// No worker Pod started within `startTimeoutSeconds` of the Job's creation.
+    pub const POD_NOT_STARTED: &str = "PodNotStarted";
+    /// The Job controller could not create the worker Pod (its Event's reason, e.g. a missing
+    /// ServiceAccount); shown while the RecordingJob is Pending.
+    pub const FAILED_CREATE: &str = "FailedCreate";
+    /// The worker Pod cannot be scheduled (its `PodScheduled` condition's reason); shown while
+    /// the RecordingJob is Pending.
+    pub const UNSCHEDULABLE: &str = "Unschedulable";
     /// The Job ran longer than `activeDeadlineSeconds`.
     pub const DEADLINE_EXCEEDED: &str = "DeadlineExceeded";
     /// The worker exited with the bad-input code without a readable report.

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use futures::channel::mpsc;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod, PodTemplateSpec};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -42,6 +42,12 @@ use crate::uploads::{Gate, upload_gate};
 
 /// RecordingJobs as watched: one that fails to deserialize is reported, not a stalled watch.
 pub type Guarded = DeserializeGuard<RecordingJob>;
+
+/// How often a Pending RecordingJob looks again for why its worker Pod has not started.
+const PENDING_RECHECK: Duration = Duration::from_secs(5);
+/// How long a Job may have no Pod before the Job controller's `FailedCreate` Events are looked up:
+/// normally its Pod exists within a second, and every look costs the API server a list.
+const NO_POD_GRACE: Duration = Duration::from_secs(3);
 
 /// How often a Queued RecordingJob looks for a free slot even without a wake-up (a deleted
 /// RecordingJob's Job frees its slot without telling anyone).
@@ -228,10 +234,17 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
         None => Vec::new(),
     };
     let pod_refs: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
+    let create_failure = match job.as_deref() {
+        Some(job) if !is_final(&view) && waits_for_its_pod(job, &pod_refs) => {
+            ctx.create_failure(job).await
+        }
+        _ => None,
+    };
     let desired = derive_status(
         &view,
         job.as_deref(),
         &pod_refs,
+        create_failure.as_deref(),
         &admission,
         jiff::Timestamp::now(),
     );
@@ -251,6 +264,22 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
         {
             ctx.clear_stale_progress(&namespace, &name).await?;
         }
+    }
+
+    if let Some(job) = job.as_deref()
+        && desired.reason.as_deref() == Some(reasons::POD_NOT_STARTED)
+        && job_is_running(job)
+    {
+        // Its Pod never started: the Job goes, so that it no longer holds a slot (nor a Pod
+        // retrying an image pull). The status is written first; this is tried again until done.
+        if needs_write(Some(&previous), &desired) {
+            ctx.apply_status(&namespace, &name, &desired).await?;
+            ctx.metrics.status_writes.inc();
+            lock(&ctx.applied).insert(uid.clone(), (desired.clone(), Instant::now()));
+            ctx.announce(rj, &previous, &desired, created.then_some(&name));
+            previous = desired.clone();
+        }
+        ctx.delete_unstarted_job(job).await?;
     }
 
     if needs_write(Some(&previous), &desired) {
@@ -301,6 +330,33 @@ async fn next_action(
 ) -> Result<Action> {
     match status.phase {
         Some(Phase::Queued) => Ok(Action::requeue(QUEUED_RECHECK)),
+        // Pod changes wake a Pending RecordingJob, but neither the Job controller's Events nor
+        // the start deadline do.
+        Some(Phase::Pending) => {
+            let left = status
+                .job_name
+                .as_ref()
+                .and_then(|_| {
+                    ctx.jobs.get(
+                        &ObjectRef::<Job>::new(&rj.name_any())
+                            .within(rj.metadata.namespace.as_deref().unwrap_or_default()),
+                    )
+                })
+                .and_then(|job| job.metadata.creation_timestamp.clone())
+                .map(|created| {
+                    let deadline = created.0.checked_add(jiff::SignedDuration::from_secs(
+                        rj.spec.start_timeout_seconds.max(1),
+                    ));
+                    deadline.map_or(PENDING_RECHECK, |d| {
+                        Duration::try_from(jiff::Timestamp::now().duration_until(d))
+                            .unwrap_or_default()
+                    })
+                })
+                .unwrap_or(PENDING_RECHECK);
+            Ok(Action::requeue(
+                left.min(PENDING_RECHECK) + Duration::from_millis(100),
+            ))
+        }
         Some(Phase::Uploading) => match upload_gate(rj, jiff::Timestamp::now()) {
             Gate::Waiting { until, .. } => {
                 let left = jiff::Timestamp::now().duration_until(until);
@@ -553,6 +609,7 @@ impl Context {
                 &view,
                 None,
                 &[],
+                None,
                 &Admission::Admitted,
                 jiff::Timestamp::now(),
             )
@@ -634,6 +691,58 @@ impl Context {
         }
     }
 
+    /// The message of the Job controller's latest `FailedCreate` Event about `job`: why it cannot
+    /// create the worker Pod (a missing ServiceAccount, a quota). Best effort: a failed lookup
+    /// only means no cause is shown yet.
+    async fn create_failure(&self, job: &Job) -> Option<String> {
+        let (namespace, uid) = (job.namespace()?, job.uid()?);
+        let api: Api<CoreEvent> = Api::namespaced(self.client.clone(), &namespace);
+        let params = ListParams::default().fields(&format!(
+            "involvedObject.uid={uid},reason={}",
+            reasons::FAILED_CREATE
+        ));
+        match api.list(&params).await {
+            Ok(list) => list
+                .items
+                .into_iter()
+                .max_by_key(|e| {
+                    e.last_timestamp
+                        .as_ref()
+                        .map(|t| t.0)
+                        .or_else(|| e.event_time.as_ref().map(|t| t.0))
+                })
+                .and_then(|e| e.message),
+            Err(error) => {
+                debug!(%error, "cannot read the Job's FailedCreate Events");
+                None
+            }
+        }
+    }
+
+    /// Deletes the Job of a RecordingJob whose worker never started, with its Pods.
+    async fn delete_unstarted_job(&self, job: &Job) -> Result<()> {
+        let (namespace, name) = (job.namespace().unwrap_or_default(), job.name_any());
+        let api: Api<Job> = Api::namespaced(self.client.clone(), &namespace);
+        let params = DeleteParams {
+            propagation_policy: Some(kube::api::PropagationPolicy::Background),
+            preconditions: job.uid().map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&name, &params).await {
+            Ok(_) => {
+                info!(job = %name, "deleted the Job whose worker Pod never started");
+                Ok(())
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
+            Err(error) => Err(Error::kube("deleting the Job whose Pod never started")(
+                error,
+            )),
+        }
+    }
+
     /// Events for what changed, once each: the Job created, queued, started, succeeded, failed.
     fn announce(
         &self,
@@ -693,6 +802,18 @@ impl Context {
             && previous.observed_generation != desired.observed_generation;
         if refused_again {
             events.push(failed_event());
+        }
+        // Why the worker Pod cannot start, each time the cause changes.
+        if after == Some(Phase::Pending)
+            && let Some(reason) = desired.reason.as_deref()
+            && (previous.reason.as_deref() != Some(reason) || before != after)
+        {
+            events.push(event(
+                EventType::Warning,
+                reason,
+                "StartWorker",
+                capitalize(desired.message.as_deref().unwrap_or_default()),
+            ));
         }
         if before != after {
             match after {
@@ -754,6 +875,18 @@ impl Context {
         // Best effort, in the background: never slows the reconcile down.
         self.events.publish(regarding, events);
     }
+}
+
+/// Whether `job` has been waiting for its first Pod longer than a Job normally does: it is not
+/// finished, and none of its Pods exists.
+fn waits_for_its_pod(job: &Job, pods: &[&Pod]) -> bool {
+    let old_enough = job.metadata.creation_timestamp.as_ref().is_some_and(|t| {
+        jiff::Timestamp::now().duration_since(t.0)
+            >= jiff::SignedDuration::try_from(NO_POD_GRACE).unwrap_or_default()
+    });
+    old_enough
+        && job_is_running(job)
+        && pods.iter().all(|p| p.metadata.deletion_timestamp.is_some())
 }
 
 fn capitalize(message: &str) -> String {
@@ -837,7 +970,10 @@ fn trim_pod(pod: &mut Pod) {
     pod.metadata.annotations = None;
     pod.spec = None;
     if let Some(status) = pod.status.as_mut() {
-        status.conditions = None;
+        // Only a Pod that cannot be scheduled needs its conditions read (see `start_problem`).
+        if let Some(conditions) = status.conditions.as_mut() {
+            conditions.retain(|c| c.type_ == "PodScheduled" && c.status == "False");
+        }
         status.pod_ips = None;
         status.host_ips = None;
     }

@@ -43,10 +43,14 @@ pub enum Admission {
 ///
 /// `rj.status` is read only for what the world cannot tell again: when conditions last flipped,
 /// and a final result whose evidence may be gone.
+///
+/// `create_failure` is the message of the Job controller's latest `FailedCreate` Event about the
+/// Job, when the reconciler looked one up (it does only while the Job has no Pod).
 pub fn derive_status(
     rj: &RecordingJob,
     job: Option<&Job>,
     pods: &[&Pod],
+    create_failure: Option<&str>,
     admission: &Admission,
     now: jiff::Timestamp,
 ) -> RecordingJobStatus {
@@ -192,10 +196,115 @@ pub fn derive_status(
             status.message = Some(message);
         }
     } else {
+        // No worker has started yet: say what holds it up, and give up at the start deadline.
         status.phase = Some(Phase::Pending);
+        let problem = start_problem(pods, create_failure);
+        if let Some(problem) = &problem {
+            status.reason = Some(problem.reason.clone());
+            status.message = Some(problem.message.clone());
+            conds.set(
+                conditions::RUNNING,
+                false,
+                &problem.reason,
+                &problem.message,
+            );
+        }
+        let timeout = rj.spec.start_timeout_seconds.max(1);
+        let since = job
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .or_else(|| job_status.and_then(|s| s.start_time.as_ref()))
+            .map(|t| t.0);
+        if let Some(since) = since
+            && now.duration_since(since) >= jiff::SignedDuration::from_secs(timeout)
+        {
+            let cause = match &problem {
+                Some(p) => format!("last cause: {}: {}", p.reason, p.message),
+                None => "Kubernetes reported no cause".to_string(),
+            };
+            let message = format!(
+                "no worker Pod started within {timeout}s of Job {job_name}'s creation ({cause}); \
+                 the Job was deleted and the chunks are kept"
+            );
+            fail(&mut status, &mut conds, reasons::POD_NOT_STARTED, &message);
+            status.completion_time = conds.transition_time(conditions::FAILED);
+        }
     }
     status.conditions = conds.into_vec();
     status
+}
+
+/// What keeps a worker Pod from starting, in Kubernetes' words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartProblem {
+    /// Kubernetes' reason: the container's waiting reason (`ErrImagePull`, `ImagePullBackOff`,
+    /// `CreateContainerConfigError`, ...), `Unschedulable`, or `FailedCreate`.
+    pub reason: String,
+    pub message: String,
+}
+
+/// Waiting reasons of a container that is simply on its way.
+const STARTING: &[&str] = &["ContainerCreating", "PodInitializing"];
+
+/// Why the newest live worker Pod has not started (its container's waiting reason, or that it
+/// cannot be scheduled); without a live Pod, the Job controller's `FailedCreate` message.
+pub fn start_problem(pods: &[&Pod], create_failure: Option<&str>) -> Option<StartProblem> {
+    let mut live: Vec<&Pod> = pods
+        .iter()
+        .copied()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    live.sort_by(|a, b| {
+        b.metadata
+            .creation_timestamp
+            .cmp(&a.metadata.creation_timestamp)
+    });
+    for pod in &live {
+        let name = pod.name_any();
+        let Some(status) = pod.status.as_ref() else {
+            continue;
+        };
+        let waiting = status
+            .container_statuses
+            .iter()
+            .flatten()
+            .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+            .find(|w| {
+                w.reason
+                    .as_deref()
+                    .is_some_and(|r| !r.is_empty() && !STARTING.contains(&r))
+            });
+        if let Some(waiting) = waiting {
+            let reason = waiting.reason.clone().unwrap_or_default();
+            let detail = waiting.message.as_deref().unwrap_or(&reason);
+            return Some(StartProblem {
+                message: format!("worker Pod {name} cannot start: {detail}"),
+                reason,
+            });
+        }
+        let unschedulable = status.conditions.iter().flatten().find(|c| {
+            c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some(reasons::UNSCHEDULABLE)
+        });
+        if let Some(condition) = unschedulable {
+            let detail = condition.message.as_deref().unwrap_or("no node fits it");
+            return Some(StartProblem {
+                reason: reasons::UNSCHEDULABLE.to_string(),
+                message: format!("worker Pod {name} cannot be scheduled: {detail}"),
+            });
+        }
+    }
+    if live.is_empty()
+        && let Some(message) = create_failure
+    {
+        return Some(StartProblem {
+            reason: reasons::FAILED_CREATE.to_string(),
+            message: format!("the Job controller cannot create the worker Pod: {message}"),
+        });
+    }
+    None
 }
 
 /// What the Complete condition and the Succeeded Event say: how many files, and for each
@@ -599,7 +708,7 @@ spec:
         for row in rows() {
             let job = row.job_status.map(|s| job("rec-1", "job-uid", s));
             let pods: Vec<&Pod> = row.pods.iter().collect();
-            let status = derive_status(&rj, job.as_ref(), &pods, &row.admission, now());
+            let status = derive_status(&rj, job.as_ref(), &pods, None, &row.admission, now());
             let name = row.name;
             assert_eq!(status.phase, Some(row.phase), "{name}");
             assert_eq!(status.attempts, row.attempts, "{name}: attempts");
@@ -640,7 +749,7 @@ spec:
     #[test]
     fn an_unsealed_track_keeps_the_recording_uploading_and_says_so() {
         let rj = recording_job(UNSEALED_RJ);
-        let status = derive_status(&rj, None, &[], &Admission::Uploading, now());
+        let status = derive_status(&rj, None, &[], None, &Admission::Uploading, now());
         assert_eq!(status.phase, Some(Phase::Uploading));
         let uploads = condition(&status, "UploadsComplete").expect("UploadsComplete");
         assert_eq!(uploads.status, "False");
@@ -655,7 +764,7 @@ spec:
         let later = now()
             .checked_add(jiff::SignedDuration::from_secs(5))
             .unwrap();
-        let admitted = derive_status(&sealed, None, &[], &Admission::Admitted, later);
+        let admitted = derive_status(&sealed, None, &[], None, &Admission::Admitted, later);
         assert_eq!(admitted.phase, Some(Phase::Pending));
         let uploads = condition(&admitted, "UploadsComplete").unwrap();
         assert_eq!(
@@ -681,7 +790,7 @@ spec:
             "Succeeded",
             &format!("{{terminated: {{exitCode: 0, message: {report}}}}}"),
         );
-        let status = derive_status(&rj, Some(&job), &[&p], &Admission::Admitted, now());
+        let status = derive_status(&rj, Some(&job), &[&p], None, &Admission::Admitted, now());
         assert_eq!(status.phase, Some(Phase::Succeeded));
         let uploads = condition(&status, "UploadsComplete").unwrap();
         assert_eq!(
@@ -719,7 +828,7 @@ spec:
             "Succeeded",
             &format!("{{terminated: {{exitCode: 0, message: {SUCCEEDED_REPORT}}}}}"),
         );
-        let status = derive_status(&rj, Some(&job), &[&p], &Admission::Admitted, now());
+        let status = derive_status(&rj, Some(&job), &[&p], None, &Admission::Admitted, now());
         assert_eq!(status.outputs[1].participant_id, "bob");
         assert_eq!(status.outputs[1].size_bytes, 2000);
         assert_eq!(status.outputs[1].duration_seconds, 29.9);
@@ -738,6 +847,7 @@ spec:
             &rj,
             Some(&running_job),
             &[&running_pod],
+            None,
             &Admission::Admitted,
             now(),
         );
@@ -757,6 +867,7 @@ spec:
             &rj2,
             Some(&running_job),
             &[&running_pod],
+            None,
             &Admission::Admitted,
             later,
         );
@@ -779,6 +890,7 @@ spec:
             &rj2,
             Some(&done_job),
             &[&done_pod],
+            None,
             &Admission::Admitted,
             later,
         );
@@ -800,7 +912,7 @@ spec:
             r#"{phase: Succeeded, jobName: rec-1, attempts: 1, progress: 100, observedGeneration: 1,
                outputs: [{participantId: alice, key: out/alice.mp4, sizeBytes: 5, durationSeconds: 1.0}]}"#,
         );
-        let status = derive_status(&rj, None, &[], &Admission::Admitted, now());
+        let status = derive_status(&rj, None, &[], None, &Admission::Admitted, now());
         assert_eq!(status.phase, Some(Phase::Succeeded));
         assert_eq!(status.outputs.len(), 1);
         assert_eq!(status.progress, None);
@@ -810,7 +922,7 @@ spec:
     fn an_invalid_spec_is_judged_again_after_an_edit() {
         let mut rj = rj_with_status("{phase: Failed, reason: InvalidSpec, observedGeneration: 1}");
         rj.metadata.generation = Some(2);
-        let status = derive_status(&rj, None, &[], &Admission::Admitted, now());
+        let status = derive_status(&rj, None, &[], None, &Admission::Admitted, now());
         assert_eq!(status.phase, Some(Phase::Pending));
         assert_eq!(status.observed_generation, Some(2));
     }
@@ -823,7 +935,7 @@ spec:
                 message: format!("the API server refused Job rec-1: {reason}"),
             });
             let mut rj = recording_job(RJ);
-            let status = derive_status(&rj, None, &[], &refused, now());
+            let status = derive_status(&rj, None, &[], None, &refused, now());
             assert_eq!(status.phase, Some(Phase::Failed), "{reason}");
             assert_eq!(status.reason.as_deref(), Some(reason));
             assert!(status.message.as_deref().unwrap().ends_with(reason));
@@ -844,14 +956,14 @@ spec:
             let later = now()
                 .checked_add(jiff::SignedDuration::from_secs(60))
                 .unwrap();
-            let again = derive_status(&rj, None, &[], &Admission::Admitted, later);
+            let again = derive_status(&rj, None, &[], None, &Admission::Admitted, later);
             assert_eq!(again, status, "{reason}: not judged again");
             assert!(!needs_write(Some(&status), &again));
 
             // An edit: judged again, and refused again at the new generation.
             rj.metadata.generation = Some(2);
             assert!(!is_final(&rj), "{reason}");
-            let edited = derive_status(&rj, None, &[], &refused, later);
+            let edited = derive_status(&rj, None, &[], None, &refused, later);
             assert_eq!(edited.phase, Some(Phase::Failed));
             assert_eq!(edited.observed_generation, Some(2));
             assert!(needs_write(Some(&status), &edited), "{reason}");
@@ -864,6 +976,7 @@ spec:
             &recording_job(RJ),
             None,
             &[],
+            None,
             &Admission::Queued {
                 max_running_jobs: 2,
             },
@@ -925,5 +1038,210 @@ spec:
             Some(&attempt("2026-01-01T10:01:00Z")),
             "mixdown-worker"
         ));
+    }
+
+    const PENDING_JOB: &str = "{startTime: '2026-01-01T10:00:00Z', active: 1}";
+
+    fn waiting(reason: &str, message: &str) -> String {
+        format!("{{waiting: {{reason: {reason}, message: '{message}'}}}}")
+    }
+
+    #[test]
+    fn a_pod_that_cannot_start_says_why_while_pending() {
+        let rj = recording_job(RJ);
+        let job = job("rec-1", "job-uid", PENDING_JOB);
+        let mut unschedulable = pod("rec-1-c", "job-uid", "Pending", "{waiting: {}}");
+        unschedulable.status.as_mut().unwrap().conditions = Some(vec![
+            serde_yaml::from_str(
+                "{type: PodScheduled, status: 'False', reason: Unschedulable, message: '0/3 nodes are available: 3 Insufficient cpu.'}",
+            )
+            .unwrap(),
+        ]);
+        // (case, Pods, the Job controller's FailedCreate message, expected reason and message part)
+        type Case<'a> = (
+            &'a str,
+            Vec<Pod>,
+            Option<&'a str>,
+            Option<(&'a str, &'a str)>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "a missing Secret",
+                vec![pod(
+                    "rec-1-a",
+                    "job-uid",
+                    "Pending",
+                    &waiting("CreateContainerConfigError", "secret \"s3\" not found"),
+                )],
+                None,
+                Some((
+                    "CreateContainerConfigError",
+                    "worker Pod rec-1-a cannot start: secret \"s3\" not found",
+                )),
+            ),
+            (
+                "an image that cannot be pulled",
+                vec![pod(
+                    "rec-1-a",
+                    "job-uid",
+                    "Pending",
+                    &waiting(
+                        "ImagePullBackOff",
+                        "Back-off pulling image mixdown-worker:nope",
+                    ),
+                )],
+                None,
+                Some((
+                    "ImagePullBackOff",
+                    "Back-off pulling image mixdown-worker:nope",
+                )),
+            ),
+            (
+                "no node fits",
+                vec![unschedulable],
+                None,
+                Some((
+                    "Unschedulable",
+                    "worker Pod rec-1-c cannot be scheduled: 0/3 nodes are available",
+                )),
+            ),
+            (
+                "the Job controller cannot create the Pod",
+                vec![],
+                Some("Error creating: serviceaccount \"worker\" not found"),
+                Some((
+                    "FailedCreate",
+                    "cannot create the worker Pod: Error creating: serviceaccount \"worker\" not found",
+                )),
+            ),
+            (
+                "a Pod on its way",
+                vec![pod(
+                    "rec-1-a",
+                    "job-uid",
+                    "Pending",
+                    &waiting("ContainerCreating", ""),
+                )],
+                Some("an old FailedCreate, before the Pod existed"),
+                None,
+            ),
+            ("no Pod yet, no Event", vec![], None, None),
+        ];
+        for (name, pods, create_failure, expected) in cases {
+            let pods: Vec<&Pod> = pods.iter().collect();
+            let status = derive_status(
+                &rj,
+                Some(&job),
+                &pods,
+                create_failure,
+                &Admission::Admitted,
+                now(),
+            );
+            assert_eq!(status.phase, Some(Phase::Pending), "{name}");
+            assert_eq!(status.completion_time, None, "{name}");
+            let running = condition(&status, "Running");
+            match expected {
+                Some((reason, part)) => {
+                    assert_eq!(status.reason.as_deref(), Some(reason), "{name}");
+                    let message = status.message.as_deref().unwrap_or_default();
+                    assert!(message.contains(part), "{name}: {message:?} lacks {part:?}");
+                    let running = running.unwrap_or_else(|| panic!("{name}: a Running condition"));
+                    assert_eq!(
+                        (running.status.as_str(), running.reason.as_str()),
+                        ("False", reason),
+                        "{name}"
+                    );
+                    assert_eq!(running.message, message, "{name}");
+                }
+                None => {
+                    assert_eq!(status.reason, None, "{name}");
+                    assert_eq!(status.message, None, "{name}");
+                    assert!(running.is_none(), "{name}: {running:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_pod_not_started_by_the_start_timeout_fails_the_recording_job_with_the_last_cause() {
+        // The Job was created at 10:00; it is 10:05.
+        let job = job("rec-1", "job-uid", PENDING_JOB);
+        let stuck = pod(
+            "rec-1-a",
+            "job-uid",
+            "Pending",
+            &waiting("ErrImagePull", "pull access denied for mixdown-worker"),
+        );
+        let with_timeout = |seconds: i64| {
+            recording_job(&RJ.replace(
+                "backoffLimit: 2",
+                &format!("backoffLimit: 2\n  startTimeoutSeconds: {seconds}"),
+            ))
+        };
+
+        let within = with_timeout(301);
+        let status = derive_status(
+            &within,
+            Some(&job),
+            &[&stuck],
+            None,
+            &Admission::Admitted,
+            now(),
+        );
+        assert_eq!(status.phase, Some(Phase::Pending), "{status:#?}");
+
+        let past = with_timeout(300);
+        let status = derive_status(
+            &past,
+            Some(&job),
+            &[&stuck],
+            None,
+            &Admission::Admitted,
+            now(),
+        );
+        assert_eq!(status.phase, Some(Phase::Failed), "{status:#?}");
+        assert_eq!(status.reason.as_deref(), Some("PodNotStarted"));
+        let message = status.message.clone().unwrap_or_default();
+        assert!(
+            message.starts_with("no worker Pod started within 300s of Job rec-1's creation (last cause: ErrImagePull: worker Pod rec-1-a cannot start: pull access denied"),
+            "{message}"
+        );
+        assert!(message.ends_with("the chunks are kept"), "{message}");
+        assert_eq!(status.attempts, Some(0));
+        assert_eq!(status.job_name.as_deref(), Some("rec-1"));
+        assert!(status.completion_time.is_some());
+        let failed = condition(&status, "Failed").expect("a Failed condition");
+        assert_eq!(
+            (failed.status.as_str(), failed.reason.as_str()),
+            ("True", "PodNotStarted")
+        );
+
+        // Final: once written, it stays, even when the Job is deleted and its Pod with it.
+        let mut written = past.clone();
+        written.status = Some(status.clone());
+        assert!(is_final(&written));
+        let after = derive_status(&written, None, &[], None, &Admission::Admitted, now());
+        assert_eq!(after, status);
+
+        // Without any cause seen, the message says so.
+        let status = derive_status(&past, Some(&job), &[], None, &Admission::Admitted, now());
+        assert!(
+            status
+                .message
+                .unwrap_or_default()
+                .contains("(Kubernetes reported no cause)"),
+        );
+
+        // The deadline is for the first start only: a started attempt is the Job's to time.
+        let running = pod("rec-1-a", "job-uid", "Running", "{running: {}}");
+        let status = derive_status(
+            &past,
+            Some(&job),
+            &[&running],
+            None,
+            &Admission::Admitted,
+            now(),
+        );
+        assert_eq!(status.phase, Some(Phase::Running));
     }
 }

@@ -655,3 +655,162 @@ async fn a_job_the_api_server_refuses_fails_the_recording_job_until_the_spec_cha
     assert_eq!(status.reason, None, "{status:#?}");
     assert_eq!(job_names(&world).await, ["greedy"]);
 }
+
+/// A worker Pod that cannot start (its credentials Secret is missing) is named in the status
+/// within seconds, with a condition and a Warning Event; at `startTimeoutSeconds` the RecordingJob
+/// fails with PodNotStarted and that cause, its Job and Pod are deleted, the slot it held goes to
+/// the next RecordingJob, and the chunks are all still there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_pod_that_cannot_start_says_why_and_gives_its_slot_up_at_the_start_timeout() {
+    use k8s_openapi::api::core::v1::Secret;
+    let world = World::new(&[SLEEPING]).await;
+    let secrets: Api<Secret> = Api::namespaced(world.client.clone(), world.namespace());
+    let secret = secrets
+        .get(common::CREDENTIALS_SECRET)
+        .await
+        .expect("the credentials Secret");
+    secrets
+        .delete(common::CREDENTIALS_SECRET, &Default::default())
+        .await
+        .expect("deleting the credentials Secret");
+    let operator = world.operator(SLEEPING.0, &["--max-running-jobs", "1"]);
+    operator.wait_up().await;
+    let chunks = world
+        .upload_track("room1", "stuck", "alice", &vec![b"chunk".to_vec(); 3], &[])
+        .await;
+
+    let start = std::time::Instant::now();
+    world
+        .create_rj(
+            "stuck",
+            one_track("stuck", serde_json::json!({"startTimeoutSeconds": 12})),
+        )
+        .await;
+    world
+        .create_rj("next", one_track("next", serde_json::json!({})))
+        .await;
+    let rj = world
+        .wait_rj("stuck", Duration::from_secs(20), "the cause named", |s| {
+            s.reason.as_deref() == Some("CreateContainerConfigError")
+        })
+        .await;
+    println!("cause named {:?} after the create", start.elapsed());
+    let status = rj.status.expect("status");
+    assert_eq!(status.phase, Some(Phase::Pending), "{status:#?}");
+    let message = status.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("cannot start") && message.contains(common::CREDENTIALS_SECRET),
+        "{message}"
+    );
+    let running = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Running")
+        .expect("a Running condition");
+    assert_eq!(
+        (running.status.as_str(), running.reason.as_str()),
+        ("False", "CreateContainerConfigError")
+    );
+    let notes = warnings(&world, "stuck", "CreateContainerConfigError", 1).await;
+    assert!(notes[0].contains(common::CREDENTIALS_SECRET), "{notes:?}");
+    // The one slot is taken: the next RecordingJob waits.
+    world
+        .wait_rj("next", Duration::from_secs(20), "Queued", |s| {
+            s.phase == Some(Phase::Queued)
+        })
+        .await;
+
+    let rj = world
+        .wait_rj("stuck", Duration::from_secs(40), "Failed", |s| {
+            s.phase == Some(Phase::Failed)
+        })
+        .await;
+    println!("failed {:?} after the create", start.elapsed());
+    let status = rj.status.expect("status");
+    assert_eq!(
+        status.reason.as_deref(),
+        Some("PodNotStarted"),
+        "{status:#?}"
+    );
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.starts_with("no worker Pod started within 12s of Job stuck's creation (last cause: CreateContainerConfigError: "),
+        "{message}"
+    );
+    assert_eq!(status.attempts, Some(0));
+    assert!(status.completion_time.is_some());
+    let notes = warnings(&world, "stuck", "PodNotStarted", 1).await;
+    assert!(notes[0].contains("last cause"), "{notes:?}");
+    world
+        .eventually(LONG, "the stuck Job and its Pod deleted", || async {
+            let jobs = job_names(&world).await;
+            let pods: Api<Pod> = Api::namespaced(world.client.clone(), world.namespace());
+            let stuck_pods = pods
+                .list(&ListParams::default().labels("mixdown.dev/recording-job=stuck"))
+                .await
+                .ok()?
+                .items
+                .len();
+            (!jobs.contains(&"stuck".to_string()) && stuck_pods == 0).then_some(())
+        })
+        .await;
+    println!("Job and Pod gone {:?} after the create", start.elapsed());
+    assert_eq!(world.keys(&chunks).await.len(), 3, "the chunks are kept");
+
+    // The freed slot goes to the next RecordingJob, which starts once its Secret exists.
+    let mut secret = secret;
+    secret.metadata = kube::api::ObjectMeta {
+        name: secret.metadata.name,
+        ..Default::default()
+    };
+    secrets
+        .create(&Default::default(), &secret)
+        .await
+        .expect("creating the Secret again");
+    let rj = world
+        .wait_rj("next", LONG, "Running", |s| s.phase == Some(Phase::Running))
+        .await;
+    println!("next Running {:?} after the create", start.elapsed());
+    assert_eq!(rj.status.and_then(|s| s.job_name).as_deref(), Some("next"));
+    // Final: the stuck one is not processed again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!job_names(&world).await.contains(&"stuck".to_string()));
+}
+
+/// Without the worker's ServiceAccount the Job controller cannot create the Pod at all; its
+/// FailedCreate Event is what the RecordingJob shows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_worker_service_account_is_named_from_the_job_controllers_events() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let world = World::new(&[SLEEPING]).await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(world.client.clone(), world.namespace());
+    accounts
+        .delete(common::WORKER_ACCOUNT, &Default::default())
+        .await
+        .expect("deleting the worker ServiceAccount");
+    let _operator = world.operator(SLEEPING.0, &[]);
+    let start = std::time::Instant::now();
+    world
+        .create_rj("orphan", one_track("orphan", serde_json::json!({})))
+        .await;
+    let rj = world
+        .wait_rj(
+            "orphan",
+            Duration::from_secs(40),
+            "FailedCreate named",
+            |s| s.reason.as_deref() == Some("FailedCreate"),
+        )
+        .await;
+    println!("cause named {:?} after the create", start.elapsed());
+    let status = rj.status.expect("status");
+    assert_eq!(status.phase, Some(Phase::Pending), "{status:#?}");
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.starts_with("the Job controller cannot create the worker Pod: ")
+            && message.contains(common::WORKER_ACCOUNT),
+        "{message}"
+    );
+    let notes = warnings(&world, "orphan", "FailedCreate", 1).await;
+    assert!(notes[0].contains("serviceaccount"), "{notes:?}");
+    assert_eq!(pod_count(&world).await, 0);
+}
