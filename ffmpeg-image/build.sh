@@ -36,8 +36,9 @@
 #   That needs root (debootstrap creates device nodes and chowns files); run the script as root.
 # - No Rust toolchain can be fetched into a build container, so the release binaries are built on
 #   this machine (Debian 12, the same glibc as the image) and copied in. Only the image's binary is
-#   sent as its build context. One `cargo build --release` builds every binary asked for, so the
-#   workspace's features are resolved once and shared dependencies are compiled once.
+#   sent as its build context. One `cargo build --release` builds every binary asked for, with the
+#   features resolved over all three packages every time, so shared dependencies are compiled
+#   once whichever images are built.
 # - Podman needs runc and the cgroupfs manager on these machines, and ulimits it is allowed to set;
 #   ffmpeg-image/podman/containers.conf says so, and the same settings are also passed as flags.
 #
@@ -121,8 +122,7 @@ for name in worker operator api; do
 done
 components=("${ordered[@]}")
 
-# Per component: its cargo package, binary, Dockerfile and first tag.
-package_of() { echo "mixdown-$1"; }
+# Per component: its binary, Dockerfile and first tag.
 binary_of() { echo "mixdown-$1"; }
 dockerfile_of() {
   case $1 in
@@ -156,18 +156,22 @@ check_prerequisites() {
   fi
 }
 
-# One cargo invocation for every component asked for.
+# One cargo invocation for every component asked for. Features are resolved over all three
+# packages whichever binaries are asked for (`--bin` only picks what is built), so building the
+# worker alone and then all three reuses every artifact instead of rebuilding shared dependencies
+# with another feature set.
 build_binaries() {
-  local packages=() name
+  local bins=() name
   for name in "${components[@]}"; do
-    packages+=(-p "$(package_of "$name")")
+    bins+=(--bin "$(binary_of "$name")")
   done
+  local cargo_args=(build --release -p mixdown-worker -p mixdown-operator -p mixdown-api "${bins[@]}")
   if $skip_cargo; then
     log "skipping cargo (--skip-cargo)"
   else
-    log "cargo build --release ${packages[*]}"
+    log "cargo ${cargo_args[*]}"
     local t=$SECONDS
-    (cd "$root" && cargo build --release "${packages[@]}")
+    (cd "$root" && cargo "${cargo_args[@]}")
     log "binaries built in $(elapsed "$t")"
   fi
   local target=${CARGO_TARGET_DIR:-target}
