@@ -425,3 +425,106 @@ async fn missing_images_fail_and_the_runner_leaves_no_container_behind() {
     assert_eq!(containers_named(&name), Vec::<String>::new());
     assert!(!dir.exists(), "{} is left", dir.display());
 }
+
+/// Set by [`no_container_outlives_the_test_binary`] to tell its child how to end.
+const MODE: &str = "MIXDOWN_PODS_IMAGE_CHILD_MODE";
+const CHILD: &str = "starts_a_container_then_dies";
+const READY: &str = "PODS-IMAGE-CHILD-READY";
+
+/// Names of the containers started by the test binary with this pid.
+fn containers_of(pid: u32) -> Vec<String> {
+    let out = podman()
+        .args(["ps", "--all", "--format", "{{.Names}}"])
+        .args([
+            "--filter",
+            &format!("label=mixdown.dev/pod-runner-pid={pid}"),
+        ])
+        .output()
+        .expect("podman ps");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "run by no_container_outlives_the_test_binary, as a child process"]
+async fn starts_a_container_then_dies() {
+    let Ok(mode) = std::env::var(MODE) else {
+        return; // run by hand: nothing to prove
+    };
+    let mut env = Env::new().await;
+    let pod = env
+        .create::<Pod>(json!({
+            "metadata": {"name": "sleeper"},
+            "spec": {"containers": [{
+                "name": "c", "image": OPERATOR_IMAGE, "command": ["sleep", "600"],
+            }]},
+        }))
+        .await;
+    env.wait_for_pod("sleeper", "Running", |p| {
+        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+    })
+    .await;
+    let name = container_name(&env.api::<Pod>().get(&pod.name_any()).await.expect("pod"));
+    let start = Instant::now();
+    while containers_named(&name).is_empty() {
+        assert!(start.elapsed() < TIMEOUT, "no container {name}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("{READY}");
+    // The runner's Drop must not be what removes the container here.
+    std::mem::forget(env.runner.take());
+    match mode.as_str() {
+        // No destructors, no atexit: only the next runner can clean up.
+        "abort" => std::process::abort(),
+        // libtest exits through exit(): the atexit handler removes it.
+        _ => panic!("the child ends badly, as it was told"),
+    }
+}
+
+/// A test binary that ends badly leaves no container behind: one that panics removes its
+/// containers at exit; one killed outright leaves them to the next pod runner, which removes the
+/// containers of test binaries that are gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_container_outlives_the_test_binary() {
+    require_image(OPERATOR_IMAGE);
+    for mode in ["panic", "abort"] {
+        let child = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--exact",
+                CHILD,
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(MODE, mode)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run the child");
+        let pid = child.id().expect("child pid");
+        let out = tokio::time::timeout(Duration::from_secs(180), child.wait_with_output())
+            .await
+            .expect("the child ends")
+            .expect("child output");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(READY) && !out.status.success(),
+            "the child ({mode}) did not get as far as its container: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if mode == "abort" {
+            // Killed outright, its container is still there, until a runner starts.
+            assert!(
+                !containers_of(pid).is_empty(),
+                "nothing to sweep after abort"
+            );
+            let _env = Env::new().await;
+        }
+        assert_eq!(containers_of(pid), Vec::<String>::new(), "after {mode}");
+    }
+}
