@@ -76,6 +76,8 @@ pub mod reasons {
     pub const COMPLETED: &str = "Completed";
     /// The Job used up `backoffLimit` retries of transient failures.
     pub const BACKOFF_LIMIT_EXCEEDED: &str = "BackoffLimitExceeded";
+    /// The RecordingJob's Job was deleted (by hand) before its worker finished.
+    pub const JOB_DELETED: &str = "JobDeleted";
     /// No worker Pod started within `startTimeoutSeconds` of the Job's creation.
     pub const POD_NOT_STARTED: &str = "PodNotStarted";
     /// The Job controller could not create the worker Pod (its Event's reason, e.g. a missing

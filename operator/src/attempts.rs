@@ -58,6 +58,8 @@ pub struct Attempt {
     /// The kubelet started the container (it ran, or runs).
     pub started: bool,
     pub running: bool,
+    /// The Pod is done: its container terminated, or the Pod itself ended (evicted, say).
+    pub finished: bool,
     pub ended: Option<Ended>,
 }
 
@@ -76,6 +78,14 @@ pub fn attempts(job: &Job, pods: &[&Pod]) -> Vec<Attempt> {
         })
         .map(|pod| attempt(pod))
         .collect();
+    attempts.sort_by(|a, b| (&a.created, &a.name).cmp(&(&b.created, &b.name)));
+    attempts
+}
+
+/// The attempts of worker Pods whatever their owner (a deleted Job's Pods, orphaned or on their
+/// way out), oldest first.
+pub fn attempts_of_pods(pods: &[&Pod]) -> Vec<Attempt> {
+    let mut attempts: Vec<Attempt> = pods.iter().map(|pod| attempt(pod)).collect();
     attempts.sort_by(|a, b| (&a.created, &a.name).cmp(&(&b.created, &b.name)));
     attempts
 }
@@ -110,6 +120,7 @@ fn attempt(pod: &Pod) -> Attempt {
         created: pod.metadata.creation_timestamp.clone(),
         started,
         running,
+        finished: ended.is_some() || matches!(phase, "Succeeded" | "Failed"),
         ended,
     }
 }

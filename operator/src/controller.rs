@@ -36,7 +36,8 @@ use crate::job::{Ownership, build_job, ownership, validate};
 use crate::metrics::Metrics;
 use crate::slots::{Census, QueueKey, Slots, next_in_line};
 use crate::status::{
-    Admission, completion_message, derive_status, is_final, needs_write, progress_is_stale,
+    Admission, completion_message, derive_status, is_final, job_deleted_status, needs_write,
+    progress_is_stale,
 };
 use crate::uploads::{Gate, upload_gate};
 
@@ -178,6 +179,22 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
             job = None;
             foreign = Some(Error::ForeignJob(message));
         }
+    }
+
+    // A Job this RecordingJob had is gone while its status is not final: deleted by hand.
+    // A Job on its way out counts as gone: once it has a deletionTimestamp, garbage collection
+    // may already be taking its Pods away (or orphaning them), so it no longer tells the story.
+    let terminating = job
+        .as_deref()
+        .is_some_and(|j| j.metadata.deletion_timestamp.is_some());
+    if (job.is_none() || terminating)
+        && foreign.is_none()
+        && !is_final(&view)
+        && let Some(job_name) = view.status.as_ref().and_then(|s| s.job_name.clone())
+    {
+        return ctx
+            .after_job_deleted(rj, &view, &previous, &job_name, terminating)
+            .await;
     }
 
     let mut created = false;
@@ -691,6 +708,52 @@ impl Context {
         }
     }
 
+    /// A RecordingJob whose Job `job_name` the cache no longer holds (see `job_deleted_status`).
+    async fn after_job_deleted(
+        &self,
+        rj: &RecordingJob,
+        view: &RecordingJob,
+        previous: &RecordingJobStatus,
+        job_name: &str,
+        terminating: bool,
+    ) -> Result<Action> {
+        let (name, namespace) = crate::job::name_and_namespace(rj)?;
+        // The cache may simply not have seen the Job this operator just created: ask the server.
+        let api: Api<Job> = Api::namespaced(self.client.clone(), &namespace);
+        if !terminating
+            && api
+                .get_opt(job_name)
+                .await
+                .map_err(Error::kube("reading the RecordingJob's Job"))?
+                .is_some_and(|j| j.metadata.deletion_timestamp.is_none())
+        {
+            return Ok(Action::requeue(Duration::from_millis(500)));
+        }
+        let created = rj.metadata.creation_timestamp.clone();
+        let pods = self.pods.state_filter(|p| {
+            p.metadata.namespace.as_deref() == Some(namespace.as_str())
+                && p.labels().get(labels::RECORDING_JOB) == Some(&name)
+                && p.metadata.creation_timestamp >= created
+        });
+        let pod_refs: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
+        let desired = job_deleted_status(view, job_name, &pod_refs, jiff::Timestamp::now());
+        if needs_write(Some(previous), &desired) {
+            if previous.reason.as_deref() != Some(reasons::JOB_DELETED) {
+                warn!(job = %job_name, "the RecordingJob's Job was deleted before its worker finished");
+            }
+            self.apply_status(&namespace, &name, &desired).await?;
+            self.metrics.status_writes.inc();
+            let uid = rj.uid().unwrap_or_default();
+            lock(&self.applied).insert(uid, (desired.clone(), Instant::now()));
+            self.announce(rj, previous, &desired, None);
+        }
+        if desired.phase.is_some_and(Phase::is_finished) {
+            next_action(rj, self, &desired).await
+        } else {
+            Ok(Action::requeue(Duration::from_secs(2)))
+        }
+    }
+
     /// The message of the Job controller's latest `FailedCreate` Event about `job`: why it cannot
     /// create the worker Pod (a missing ServiceAccount, a quota). Best effort: a failed lookup
     /// only means no cause is shown yet.
@@ -803,9 +866,22 @@ impl Context {
         if refused_again {
             events.push(failed_event());
         }
+        // A Job deleted by hand, while its Pods are still there.
+        if !after.is_some_and(Phase::is_finished)
+            && desired.reason.as_deref() == Some(reasons::JOB_DELETED)
+            && previous.reason != desired.reason
+        {
+            events.push(event(
+                EventType::Warning,
+                reasons::JOB_DELETED,
+                "WaitForPods",
+                capitalize(desired.message.as_deref().unwrap_or_default()),
+            ));
+        }
         // Why the worker Pod cannot start, each time the cause changes.
         if after == Some(Phase::Pending)
             && let Some(reason) = desired.reason.as_deref()
+            && reason != reasons::JOB_DELETED
             && (previous.reason.as_deref() != Some(reason) || before != after)
         {
             events.push(event(

@@ -21,7 +21,7 @@ use kube::ResourceExt;
 use mixdown_crds::names::{conditions, reasons};
 use mixdown_crds::{Phase, RecordingJob, RecordingJobStatus, WorkerReport};
 
-use crate::attempts::{Attempt, attempts};
+use crate::attempts::{Attempt, attempts, attempts_of_pods};
 use crate::error::Refusal;
 use crate::uploads::upload_gate;
 
@@ -235,6 +235,89 @@ pub fn derive_status(
     status
 }
 
+/// The status of a RecordingJob whose Job `job_name` is gone though its status is not final: it
+/// was deleted by hand (the operator deletes a Job only after a final status). `pods` are the
+/// recording's worker Pods still around (on their way out, or orphaned by a
+/// `--cascade=orphan` delete).
+///
+/// No new Job is made: a worker may still be running, and two workers on one recording could
+/// each delete chunks the other reads. While any Pod is live the phase stays and the reason says
+/// what it waits for; when none is, a worker that finished and verified its outputs makes it
+/// Succeeded (so a recording processed is never reported lost), and anything else fails it with
+/// `JobDeleted`, the chunks untouched by any worker that did not finish.
+pub fn job_deleted_status(
+    rj: &RecordingJob,
+    job_name: &str,
+    pods: &[&Pod],
+    now: jiff::Timestamp,
+) -> RecordingJobStatus {
+    let previous = rj.status.clone().unwrap_or_default();
+    let generation = rj.metadata.generation;
+    let mut conds = Conditions::keeping(rj.status.as_ref(), generation, now);
+    let mut status = RecordingJobStatus {
+        progress: None,
+        observed_generation: generation,
+        ..previous.clone()
+    };
+    let tries = attempts_of_pods(pods);
+    let started = tries.iter().filter(|a| a.started).count();
+    status.attempts = Some(
+        previous
+            .attempts
+            .unwrap_or(0)
+            .max(i32::try_from(started).unwrap_or(i32::MAX)),
+    );
+    let live: Vec<&str> = tries
+        .iter()
+        .filter(|a| !a.finished)
+        .map(|a| a.name.as_str())
+        .collect();
+    if !live.is_empty() {
+        status.reason = Some(reasons::JOB_DELETED.to_string());
+        status.message = Some(format!(
+            "Job {job_name} was deleted; waiting for worker Pod {} to end before the result is \
+             decided (no new Job is made while a worker may run)",
+            live.join(", ")
+        ));
+        status.conditions = conds.into_vec();
+        return status;
+    }
+    let succeeded = tries
+        .iter()
+        .filter_map(|a| a.ended.as_ref())
+        .find_map(|e| match &e.report {
+            Some(WorkerReport::Succeeded { outputs }) if e.exit_code == 0 => {
+                Some((outputs.clone(), e.finished_at.clone()))
+            }
+            _ => None,
+        });
+    if let Some((outputs, finished_at)) = succeeded {
+        status.phase = Some(Phase::Succeeded);
+        status.reason = None;
+        status.outputs = outputs;
+        let message = format!(
+            "{} (its Job {job_name} was deleted after the worker finished)",
+            completion_message(&status.outputs)
+        );
+        status.message = None;
+        conds.set(conditions::RUNNING, false, reasons::COMPLETED, &message);
+        conds.set(conditions::COMPLETE, true, reasons::COMPLETED, &message);
+        status.completion_time =
+            finished_at.or_else(|| conds.transition_time(conditions::COMPLETE));
+    } else {
+        let attempts = status.attempts.unwrap_or(0);
+        let message = format!(
+            "Job {job_name} was deleted before its worker finished ({attempts} attempt(s) \
+             started); no new Job is made: create the RecordingJob again to process the \
+             recording again"
+        );
+        fail(&mut status, &mut conds, reasons::JOB_DELETED, &message);
+        status.completion_time = conds.transition_time(conditions::FAILED);
+    }
+    status.conditions = conds.into_vec();
+    status
+}
+
 /// What keeps a worker Pod from starting, in Kubernetes' words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartProblem {
@@ -384,6 +467,17 @@ impl<'a> Conditions<'a> {
             last_transition_time,
             observed_generation: self.generation,
         });
+    }
+
+    /// Like [`Conditions::new`], starting from the previous conditions instead of none.
+    fn keeping(
+        previous: Option<&'a RecordingJobStatus>,
+        generation: Option<i64>,
+        now: jiff::Timestamp,
+    ) -> Self {
+        let mut conditions = Conditions::new(previous, generation, now);
+        conditions.list = conditions.previous.to_vec();
+        conditions
     }
 
     fn transition_time(&self, type_: &str) -> Option<Time> {
@@ -1012,6 +1106,7 @@ spec:
             created: Some(Time(created.parse().unwrap())),
             started: true,
             running: true,
+            finished: false,
             ended: None,
         };
         let stale = with_progress("2026-01-01T10:00:30Z");
@@ -1243,5 +1338,81 @@ spec:
             now(),
         );
         assert_eq!(status.phase, Some(Phase::Running));
+    }
+
+    #[test]
+    fn a_job_deleted_by_hand_waits_for_its_pods_then_tells_what_they_did() {
+        let running = rj_with_status(
+            "{phase: Running, jobName: rec-1, attempts: 1, startTime: '2026-01-01T10:00:00Z'}",
+        );
+        let term = |code: i32, msg: &str| {
+            format!(
+                "{{terminated: {{exitCode: {code}, finishedAt: '2026-01-01T10:04:00Z', message: {msg}}}}}"
+            )
+        };
+
+        // Its Pod is still running (orphaned, or terminating): nothing is decided, no new Job.
+        let live = pod("rec-1-a", "job-uid", "Running", "{running: {}}");
+        let waiting = job_deleted_status(&running, "rec-1", &[&live], now());
+        assert_eq!(waiting.phase, Some(Phase::Running), "{waiting:#?}");
+        assert_eq!(
+            waiting.conditions,
+            running.status.as_ref().unwrap().conditions
+        );
+        assert_eq!(waiting.reason.as_deref(), Some("JobDeleted"));
+        let message = waiting.message.clone().unwrap_or_default();
+        assert!(
+            message.starts_with("Job rec-1 was deleted; waiting for worker Pod rec-1-a to end"),
+            "{message}"
+        );
+        assert!(!is_final(&RecordingJob {
+            status: Some(waiting.clone()),
+            ..running.clone()
+        }));
+
+        // Its Pods are gone before the worker finished: Failed, final, the attempts kept.
+        let failed = job_deleted_status(&running, "rec-1", &[], now());
+        assert_eq!(failed.phase, Some(Phase::Failed), "{failed:#?}");
+        assert_eq!(failed.reason.as_deref(), Some("JobDeleted"));
+        assert_eq!(failed.attempts, Some(1));
+        assert_eq!(failed.job_name.as_deref(), Some("rec-1"));
+        assert!(failed.completion_time.is_some());
+        let condition_of_failure = condition(&failed, "Failed").expect("a Failed condition");
+        assert_eq!(
+            (
+                condition_of_failure.status.as_str(),
+                condition_of_failure.reason.as_str()
+            ),
+            ("True", "JobDeleted")
+        );
+        assert!(
+            failed
+                .message
+                .unwrap_or_default()
+                .contains("before its worker finished (1 attempt(s) started); no new Job is made")
+        );
+
+        // A worker killed by the deletion (exit 137) is a failure too.
+        let killed = pod("rec-1-a", "job-uid", "Failed", &term(137, "''"));
+        let status = job_deleted_status(&running, "rec-1", &[&killed], now());
+        assert_eq!(status.phase, Some(Phase::Failed));
+
+        // An orphaned worker that finished and verified its outputs: the recording is processed.
+        let done = pod(
+            "rec-1-a",
+            "job-uid",
+            "Succeeded",
+            &term(0, SUCCEEDED_REPORT),
+        );
+        let status = job_deleted_status(&running, "rec-1", &[&done], now());
+        assert_eq!(status.phase, Some(Phase::Succeeded), "{status:#?}");
+        assert_eq!(status.reason, None);
+        assert_eq!(status.outputs.len(), 2);
+        let complete = condition(&status, "Complete").expect("Complete");
+        assert!(
+            complete
+                .message
+                .contains("was deleted after the worker finished")
+        );
     }
 }

@@ -814,3 +814,76 @@ async fn a_missing_worker_service_account_is_named_from_the_job_controllers_even
     assert!(notes[0].contains("serviceaccount"), "{notes:?}");
     assert_eq!(pod_count(&world).await, 0);
 }
+
+/// A Job deleted by hand while its worker runs never means a second worker: with its Pod
+/// orphaned (`kubectl delete job --cascade=orphan`) the RecordingJob says it waits for that Pod,
+/// and once the Pod is gone it fails with JobDeleted, its attempt counted, and no new Job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_deleted_by_hand_is_never_replaced_while_its_worker_may_run() {
+    let world = World::new(&[SLEEPING]).await;
+    let _operator = world.operator(SLEEPING.0, &[]);
+    let jobs_seen = world.record_jobs();
+    world
+        .create_rj("manual", one_track("manual", serde_json::json!({})))
+        .await;
+    world
+        .wait_rj("manual", LONG, "Running", |s| {
+            s.phase == Some(Phase::Running)
+        })
+        .await;
+
+    let jobs: Api<Job> = Api::namespaced(world.client.clone(), world.namespace());
+    jobs.delete(
+        "manual",
+        &kube::api::DeleteParams {
+            propagation_policy: Some(kube::api::PropagationPolicy::Orphan),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("deleting the Job, orphaning its Pod");
+    let rj = world
+        .wait_rj("manual", Duration::from_secs(30), "JobDeleted", |s| {
+            s.reason.as_deref() == Some("JobDeleted")
+        })
+        .await;
+    let status = rj.status.expect("status");
+    assert_eq!(status.phase, Some(Phase::Running), "{status:#?}");
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.starts_with("Job manual was deleted; waiting for worker Pod manual-"),
+        "{message}"
+    );
+    let notes = warnings(&world, "manual", "JobDeleted", 1).await;
+    assert!(notes[0].contains("waiting for worker Pod"), "{notes:?}");
+    // While the orphaned worker runs, no second Job.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(job_names(&world).await.is_empty());
+    assert_eq!(pod_count(&world).await, 1);
+
+    let pods: Api<Pod> = Api::namespaced(world.client.clone(), world.namespace());
+    pods.delete_collection(&Default::default(), &ListParams::default())
+        .await
+        .expect("deleting the orphaned Pod");
+    let rj = world
+        .wait_rj("manual", LONG, "Failed", |s| s.phase == Some(Phase::Failed))
+        .await;
+    let status = rj.status.expect("status");
+    assert_eq!(status.reason.as_deref(), Some("JobDeleted"), "{status:#?}");
+    assert_eq!(status.attempts, Some(1));
+    assert_eq!(status.job_name.as_deref(), Some("manual"));
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.contains("was deleted before its worker finished (1 attempt(s) started)"),
+        "{message}"
+    );
+    // Final: nothing is created afterwards either.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(job_names(&world).await.is_empty());
+    let uids: std::collections::BTreeSet<String> = jobs_seen
+        .values()
+        .iter()
+        .filter_map(|j| j.metadata.uid.clone())
+        .collect();
+    assert_eq!(uids.len(), 1, "exactly one Job was ever created");
+}
