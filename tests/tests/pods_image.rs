@@ -6,7 +6,8 @@
 //! outlives its Pod or the runner.
 //!
 //! The images come from `ffmpeg-image/build.sh --component all` (`localhost/mixdown-operator:dev`
-//! here); without podman or the image these tests fail, saying so.
+//! and `localhost/mixdown-worker:dev` here); without podman or the images these tests fail,
+//! saying so.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -526,5 +527,112 @@ async fn no_container_outlives_the_test_binary() {
             let _env = Env::new().await;
         }
         assert_eq!(containers_of(pid), Vec::<String>::new(), "after {mode}");
+    }
+}
+
+/// The worker image as the operator's Job runs it (restricted, a scratch emptyDir, storage
+/// settings and credentials from a Secret, the job in its environment), against the test's S3
+/// server on loopback: a track with no chunks is bad input, so exit code 2 and the report in the
+/// termination message, where the operator reads them.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_worker_image_reports_bad_input_through_the_pod_status() {
+    use mixdown_crds::names::{env as worker_env, exit_codes, reasons};
+    use mixdown_crds::{Cleanup, Output, Profile, Track, TrackSource, WorkerJob, WorkerReport};
+    const WORKER_IMAGE: &str = "localhost/mixdown-worker:dev";
+    require_image(WORKER_IMAGE);
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let cp = ControlPlane::shared().await;
+    let ns = cp.namespace().await;
+    let client = cp.client();
+    let runner = PodRunner::new(client.clone(), ns.name())
+        .podman_image(WORKER_IMAGE)
+        .start()
+        .await
+        .expect("the pod runner starts");
+    let env = Env {
+        ns,
+        client,
+        runner: Some(runner),
+    };
+    let s3 = mixdown_testkit::s3::S3Server::start()
+        .await
+        .expect("start S3 server");
+    let bucket = s3.create_bucket().await;
+    let storage: serde_json::Map<String, serde_json::Value> = s3
+        .env(&bucket)
+        .into_iter()
+        .map(|(k, v)| (k, json!(v)))
+        .collect();
+    env.create::<k8s_openapi::api::core::v1::Secret>(json!({
+        "metadata": {"name": "storage"},
+        "stringData": storage,
+    }))
+    .await;
+    let job = WorkerJob {
+        room_id: "room-1".into(),
+        recording_id: "rec-1".into(),
+        tracks: vec![Track {
+            participant_id: "alice".into(),
+            source: TrackSource {
+                prefix: "riverside/chunks/room-1/rec-1/alice/".into(),
+                chunk_count: Some(3),
+            },
+        }],
+        output: Output {
+            prefix: "riverside/processed/room-1/rec-1/".into(),
+            profile: Profile::Mp4,
+        },
+        cleanup: Cleanup::default(),
+    };
+    env.create::<Pod>(json!({
+        "metadata": {"name": "worker"},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": true},
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "containers": [{
+                "name": "worker",
+                "image": WORKER_IMAGE,
+                "envFrom": [{"secretRef": {"name": "storage"}}],
+                "env": [
+                    {"name": worker_env::JOB, "value": serde_json::to_string(&job).expect("job JSON")},
+                    {"name": worker_env::SCRATCH_DIR, "value": "/scratch"},
+                    {"name": worker_env::TERMINATION_MESSAGE_PATH, "value": "/dev/termination-log"},
+                ],
+                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+                "securityContext": restricted(),
+            }],
+        },
+    }))
+    .await;
+    let pod = env
+        .wait_for_pod("worker", "Failed", |p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Failed")
+        })
+        .await;
+    let terminated = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.terminated.clone())
+        .expect("a terminated container");
+    let log = env.log_of("worker").await;
+    assert_eq!(
+        terminated.exit_code,
+        exit_codes::BAD_INPUT,
+        "{terminated:?}\n{log}"
+    );
+    let message = terminated.message.unwrap_or_default();
+    match serde_json::from_str::<WorkerReport>(&message) {
+        Ok(WorkerReport::Failed { reason, message }) => {
+            assert_eq!(reason, reasons::NO_CHUNKS, "{message}");
+            assert!(message.contains("alice"), "{message}");
+        }
+        other => panic!("the termination message is not a failure report: {other:?}\n{message}"),
     }
 }
