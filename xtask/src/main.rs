@@ -155,6 +155,10 @@ const PREREQUISITES: &[(&str, &str)] = &[
     ("node", "apt-get install nodejs"),
     ("npm", "apt-get install npm"),
     ("chromium", "apt-get install chromium"),
+    (
+        "go",
+        "Go 1.26 or newer, which builds the helm CLI the chart tests run",
+    ),
 ];
 
 /// npm packages the tests use, each installed from its folder's lockfile (`npm ci`).
@@ -172,6 +176,7 @@ fn test(root: &Path, skip_image: bool, cargo_test_args: &[String]) -> anyhow::Re
         env: Vec::new(),
     };
     prepare_envtest(&mut sh)?;
+    prepare_helm(&mut sh)?;
 
     for folder in NPM_FOLDERS {
         sh.run(
@@ -265,6 +270,21 @@ fn missing(prerequisites: &[(&str, &str)]) -> Option<String> {
         .map(|(program, install)| format!("  {program}: {install}"))
         .collect();
     (!missing.is_empty()).then(|| missing.join("\n"))
+}
+
+/// Sets MIXDOWN_HELM for `sh`'s commands, unless it is set: the helm CLI the chart tests run, as
+/// `tests/helm/setup.sh` builds it from its Go module (cached after the first build).
+fn prepare_helm(sh: &mut Shell) -> anyhow::Result<()> {
+    if std::env::var_os("MIXDOWN_HELM").is_some() {
+        return Ok(());
+    }
+    let output = sh
+        .capture(sh.cmd("bash").arg("tests/helm/setup.sh"))
+        .context("building the helm CLI for the chart tests with tests/helm/setup.sh")?;
+    let helm = output.lines().last().unwrap_or_default().trim().to_string();
+    println!("xtask: MIXDOWN_HELM={helm}");
+    sh.env.push(("MIXDOWN_HELM".into(), helm));
+    Ok(())
 }
 
 /// Sets KUBEBUILDER_ASSETS for `sh`'s commands, unless it is set: the local Kubernetes binaries
