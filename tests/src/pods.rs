@@ -7,20 +7,25 @@
 //!   ([`PodRunner::image`]), the container's `command`/`args`/`env` are honoured, and the process
 //!   acts with the Pod's ServiceAccount identity through a `KUBECONFIG`;
 //! - with podman, from the image itself ([`PodRunner::podman_image`]): command and args over the
-//!   image's ENTRYPOINT and CMD, the security context, emptyDirs, the termination message file and
-//!   the ServiceAccount token projected at `/var/run/secrets/kubernetes.io/serviceaccount/` with
-//!   `KUBERNETES_SERVICE_HOST`/`PORT` set, on the host's network, so the program finds the API
-//!   server with kube's in-cluster configuration (see the `podman` module).
+//!   image's ENTRYPOINT and CMD, the security context, emptyDirs, Secret and ConfigMap volumes,
+//!   the termination message file, and the ServiceAccount token projected at
+//!   `/var/run/secrets/kubernetes.io/serviceaccount/` with `KUBERNETES_SERVICE_HOST`/`PORT` set, on
+//!   the host's network, so the program finds the API server with kube's in-cluster configuration
+//!   (see the `podman` module).
 //!
-//! Either way RBAC applies as in a cluster. It reports status like the kubelet (Running; then Succeeded or Failed with the
-//! exit code and termination message), restarts containers per `restartPolicy`, and when a Pod is
-//! deleted it stops the process and finishes the deletion, without which a bound Pod would stay
-//! Terminating forever.
+//! Either way RBAC applies as in a cluster. It reports status like the kubelet (Running; then
+//! Succeeded or Failed with the exit code and termination message), restarts containers per
+//! `restartPolicy`, and when a Pod is deleted it stops the process (or the container) and finishes
+//! the deletion, without which a bound Pod would stay Terminating forever.
 //!
 //! For local processes, container paths are mapped onto this machine: the termination message file
 //! and emptyDir mounts get local stand-ins, and environment values and whole arguments naming them
-//! are rewritten (podman bind-mounts the same stand-ins at the real paths). Not played: init containers and containers after the first, other volumes, probes,
-//! resource limits, and the Pod's own `activeDeadlineSeconds` (the Job's is the Job controller's).
+//! are rewritten (podman bind-mounts the same stand-ins at the real paths instead). Not played:
+//! init containers and containers after the first, other volumes (and Secret and ConfigMap
+//! volumes for local processes), probes, resource limits, and the Pod's own
+//! `activeDeadlineSeconds` (the Job's is the Job controller's). With podman, every Pod shares the
+//! host's network: two Pods listening on the same port (two replicas of one Deployment binding
+//! `0.0.0.0:8080`) collide, and the second one's container fails to bind.
 //!
 //! The runner's API endpoint and CA come from the cluster, the way a Pod finds its API server:
 //! the `kubernetes` Service's target port (on loopback, where the test control plane listens) and

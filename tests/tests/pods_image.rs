@@ -295,13 +295,19 @@ async fn the_operator_image_acts_as_its_service_account() {
 
 /// A container as its security context says: the user and group, a read-only root, an emptyDir
 /// it can write, the token read-only, no capabilities, no privilege escalation, its environment
-/// from envFrom and env; the exit code and the termination message reach the Pod's status.
+/// from envFrom and env, Secret and ConfigMap volumes (items, subPath) read-only; the exit code
+/// and the termination message reach the Pod's status.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_container_gets_what_its_pod_spec_says() {
     let env = Env::new().await;
     env.create::<ConfigMap>(json!({
         "metadata": {"name": "settings"},
         "data": {"GREETING": "hello"},
+    }))
+    .await;
+    env.create::<k8s_openapi::api::core::v1::Secret>(json!({
+        "metadata": {"name": "keys"},
+        "stringData": {"signing-key": "k1", "other": "not mounted"},
     }))
     .await;
     // The image has Debian's shell; nothing in it needs one, but this check does.
@@ -315,6 +321,8 @@ async fn a_container_gets_what_its_pod_spec_says() {
             echo "token $(mount_options "$(readlink -f $sa)")"
             test -s $sa/token && echo "token $(cat $sa/namespace)"
             grep -E '^(CapEff|NoNewPrivs)' /proc/self/status | tr -s '\t' ' '
+            echo "secret $(cat /etc/mixdown/keys/signing) $(mount_options /etc/mixdown/keys)"
+            echo "config $(cat /etc/mixdown/settings.txt)"
             echo "env $GREETING $WHO $KUBERNETES_SERVICE_HOST"
             echo "args $*"
         } > /dev/termination-log
@@ -325,7 +333,13 @@ async fn a_container_gets_what_its_pod_spec_says() {
         "spec": {
             "restartPolicy": "Never",
             "securityContext": {"runAsUser": 65532, "runAsGroup": 65532},
-            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "volumes": [
+                {"name": "scratch", "emptyDir": {}},
+                {"name": "keys", "secret": {
+                    "secretName": "keys", "items": [{"key": "signing-key", "path": "signing"}],
+                }},
+                {"name": "settings", "configMap": {"name": "settings"}},
+            ],
             "containers": [{
                 "name": "checks",
                 "image": OPERATOR_IMAGE,
@@ -333,7 +347,11 @@ async fn a_container_gets_what_its_pod_spec_says() {
                 "args": ["$(WHO)", "two"],
                 "envFrom": [{"configMapRef": {"name": "settings"}}],
                 "env": [{"name": "WHO", "value": "$(GREETING)-world"}],
-                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+                "volumeMounts": [
+                    {"name": "scratch", "mountPath": "/scratch"},
+                    {"name": "keys", "mountPath": "/etc/mixdown/keys"},
+                    {"name": "settings", "mountPath": "/etc/mixdown/settings.txt", "subPath": "GREETING"},
+                ],
                 "securityContext": restricted(),
             }],
         },
@@ -365,6 +383,8 @@ async fn a_container_gets_what_its_pod_spec_says() {
             &format!("token {ns}"),
             "CapEff: 0000000000000000",
             "NoNewPrivs: 1",
+            "secret k1 ro",
+            "config hello",
             "env hello hello-world 127.0.0.1",
             "args hello-world two",
         ],

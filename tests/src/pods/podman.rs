@@ -8,9 +8,10 @@
 //! `readOnlyRootFilesystem` → `--read-only` without podman's extra tmpfs mounts, capabilities →
 //! `--cap-drop`/`--cap-add`, `allowPrivilegeEscalation: false` → `no-new-privileges`), and every
 //! mount as a bind mount of a directory of this machine: the emptyDirs (writable by anyone, as the
-//! kubelet makes them), the termination message file, and the ServiceAccount token directory
-//! (`token`, `ca.crt`, `namespace`, read-only) where the ServiceAccount admission plugin mounted
-//! its volume. The container shares the host's network, so the API server is where
+//! kubelet makes them), Secret and ConfigMap volumes (their files as of the container's start,
+//! `items`, modes and `subPath` honoured, read-only), the termination message file, and the
+//! ServiceAccount token directory (`token`, `ca.crt`, `namespace`, read-only) where the
+//! ServiceAccount admission plugin mounted its volume. The container shares the host's network, so the API server is where
 //! `KUBERNETES_SERVICE_HOST`/`PORT` say: loopback.
 //!
 //! Images are never pulled (no registry can be reached): they must have been built, e.g. by
@@ -351,6 +352,158 @@ pub(super) fn service_account_mount(pod: &Pod, container: &Container) -> Option<
                     .any(|v| v.name == m.name && (v.secret.is_some() || v.projected.is_some()))
         })
         .map(|m| m.read_only.unwrap_or(false))
+}
+
+/// Writes the files of a Secret or ConfigMap volume into `dir` as the kubelet would (every key,
+/// or the `items` asked for at their paths, with `defaultMode`/`mode`, 0644 unless told), to be
+/// bind-mounted read-only. `Ok(false)` when the volume is of another kind; an error when its
+/// source is missing and not optional (the kubelet keeps the Pod waiting then).
+pub(super) async fn write_volume(
+    client: &kube::Client,
+    namespace: &str,
+    volume: &k8s_openapi::api::core::v1::Volume,
+    dir: &Path,
+) -> anyhow::Result<bool> {
+    use anyhow::{Context, bail};
+    use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, Secret};
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// What the volume's Secret or ConfigMap holds, and how the volume asks for it.
+    struct Source<'a> {
+        kind: &'static str,
+        name: &'a str,
+        optional: bool,
+        items: Option<&'a [KeyToPath]>,
+        default_mode: Option<i32>,
+        data: Option<BTreeMap<String, Vec<u8>>>,
+    }
+
+    let Source {
+        kind,
+        name,
+        optional,
+        items,
+        default_mode,
+        data,
+    } = if let Some(source) = &volume.secret {
+        let name = source.secret_name.as_deref().unwrap_or_default();
+        let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+        let data = api
+            .get_opt(name)
+            .await
+            .with_context(|| format!("reading Secret {name}"))?
+            .map(|secret| {
+                let mut data: BTreeMap<String, Vec<u8>> = secret
+                    .string_data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect();
+                data.extend(
+                    secret
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0)),
+                );
+                data
+            });
+        let optional = source.optional.unwrap_or(false);
+        Source {
+            kind: "Secret",
+            name,
+            optional,
+            items: source.items.as_deref(),
+            default_mode: source.default_mode,
+            data,
+        }
+    } else if let Some(source) = &volume.config_map {
+        let name = source.name.as_str();
+        let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), namespace);
+        let data = api
+            .get_opt(name)
+            .await
+            .with_context(|| format!("reading ConfigMap {name}"))?
+            .map(|cm| {
+                let mut data: BTreeMap<String, Vec<u8>> = cm
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect();
+                data.extend(
+                    cm.binary_data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0)),
+                );
+                data
+            });
+        let optional = source.optional.unwrap_or(false);
+        Source {
+            kind: "ConfigMap",
+            name,
+            optional,
+            items: source.items.as_deref(),
+            default_mode: source.default_mode,
+            data,
+        }
+    } else {
+        return Ok(false);
+    };
+    let data = match data {
+        Some(data) => data,
+        None if optional => BTreeMap::new(),
+        None => bail!(
+            "MountVolume.SetUp failed for volume \"{}\": {} \"{name}\" not found",
+            volume.name,
+            kind.to_lowercase()
+        ),
+    };
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let default_mode = default_mode.unwrap_or(0o644);
+    let files: Vec<(String, &[u8], i32)> = match items {
+        Some(items) => {
+            let mut files = Vec::new();
+            for item in items {
+                match data.get(&item.key) {
+                    Some(value) => files.push((
+                        item.path.clone(),
+                        value.as_slice(),
+                        item.mode.unwrap_or(default_mode),
+                    )),
+                    None if optional => {}
+                    None => bail!(
+                        "MountVolume.SetUp failed for volume \"{}\": configured to use key {} of \
+                         {kind} {name}, which does not exist",
+                        volume.name,
+                        item.key
+                    ),
+                }
+            }
+            files
+        }
+        None => data
+            .iter()
+            .map(|(key, value)| (key.clone(), value.as_slice(), default_mode))
+            .collect(),
+    };
+    for (path, value, mode) in files {
+        if path.starts_with('/') || path.split('/').any(|part| part == "..") {
+            bail!("volume {}: path {path:?} must be relative", volume.name);
+        }
+        let file = dir.join(&path);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&file, value)?;
+        let mode = u32::try_from(mode).unwrap_or(0o644) & 0o777;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -362,7 +362,7 @@ impl<'a> PodWorker<'a> {
             set_mode(&sa_dir, 0o755)?;
             mounts.insert(podman::SERVICE_ACCOUNT_DIR, sa_dir);
         }
-        let read_only: Vec<String> = container
+        let mut read_only: Vec<String> = container
             .volume_mounts
             .as_deref()
             .unwrap_or_default()
@@ -372,6 +372,33 @@ impl<'a> PodWorker<'a> {
             // A projected token is read-only whatever the mount says.
             .chain([podman::SERVICE_ACCOUNT_DIR.to_string()])
             .collect();
+        // Secret and ConfigMap volumes: their files as of the container's start, read-only.
+        let volumes = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_deref())
+            .unwrap_or_default();
+        for mount in container.volume_mounts.as_deref().unwrap_or_default() {
+            if mount.mount_path.trim_end_matches('/') == podman::SERVICE_ACCOUNT_DIR {
+                continue;
+            }
+            let Some(volume) = volumes.iter().find(|v| v.name == mount.name) else {
+                continue;
+            };
+            let local = dir.join("volumes").join(&mount.name);
+            if !podman::write_volume(&self.runner.client, &self.runner.namespace, volume, &local)
+                .await?
+            {
+                continue;
+            }
+            let local = match mount.sub_path.as_deref() {
+                Some(sub) if !sub.is_empty() => local.join(sub),
+                _ => local,
+            };
+            mounts.insert(&mount.mount_path, local);
+            read_only.push(mount.mount_path.clone());
+        }
 
         // What the kubelet sets for the `kubernetes` Service, before the container's own variables.
         let port = self.runner.server_port.to_string();
