@@ -24,8 +24,10 @@
 //! init containers and containers after the first, other volumes (and Secret and ConfigMap
 //! volumes for local processes), probes, resource limits, and the Pod's own
 //! `activeDeadlineSeconds` (the Job's is the Job controller's). With podman, every Pod shares the
-//! host's network: two Pods listening on the same port (two replicas of one Deployment binding
-//! `0.0.0.0:8080`) collide, and the second one's container fails to bind.
+//! host's network but has a loopback address of its own as its `status.podIP` (127.x.y.z): Pods
+//! that listen on `$(POD_IP):<port>` (the downward API) do not collide and answer at the address
+//! their status names, while two Pods binding `0.0.0.0:<same port>` do collide, and the second
+//! one's container fails to bind.
 //!
 //! The runner's API endpoint and CA come from the cluster, the way a Pod finds its API server:
 //! the `kubernetes` Service's target port (on loopback, where the test control plane listens) and

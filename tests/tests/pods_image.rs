@@ -656,3 +656,70 @@ async fn the_worker_image_reports_bad_input_through_the_pod_status() {
         other => panic!("the termination message is not a failure report: {other:?}\n{message}"),
     }
 }
+
+/// `GET /healthz` at `addr`: the status line's code, or None while nothing answers.
+async fn healthz(addr: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        std::io::Result::Ok(String::from_utf8_lossy(&response).into_owned())
+    };
+    let response = tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .ok()?
+        .ok()?;
+    response.split(' ').nth(1)?.parse().ok()
+}
+
+/// Two replicas listening on the same port, as a Deployment's do: each Pod has a loopback address
+/// of its own as its podIP, binds `$(POD_IP):8080`, and answers there.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_pods_listen_on_one_port_at_their_own_addresses() {
+    let env = Env::new().await;
+    for name in ["replica-a", "replica-b"] {
+        env.create::<Pod>(json!({
+            "metadata": {"name": name},
+            "spec": {"containers": [{
+                "name": "operator",
+                "image": OPERATOR_IMAGE,
+                "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+                "args": [
+                    "--worker-image", "localhost/mixdown-worker:dev",
+                    "--s3-endpoint", "http://127.0.0.1:9", "--s3-bucket", "b",
+                    "--metrics-addr", "$(POD_IP):8080",
+                ],
+                "securityContext": restricted(),
+            }]},
+        }))
+        .await;
+    }
+    let mut addresses = Vec::new();
+    for name in ["replica-a", "replica-b"] {
+        let pod = env
+            .wait_for_pod(name, "Running", |p| {
+                p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            })
+            .await;
+        let ip = pod
+            .status
+            .and_then(|s| s.pod_ip)
+            .expect("a Running Pod has an IP");
+        let addr = format!("{ip}:8080");
+        let start = Instant::now();
+        while healthz(&addr).await != Some(200) {
+            assert!(
+                start.elapsed() < TIMEOUT,
+                "{name} does not answer at {addr}:\n{}",
+                env.log_of(name).await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        addresses.push(ip);
+    }
+    assert_ne!(addresses[0], addresses[1]);
+}

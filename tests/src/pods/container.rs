@@ -117,6 +117,8 @@ pub(super) fn arguments(
 struct Sources<'a> {
     client: &'a Client,
     namespace: &'a str,
+    /// What `status.podIP` says.
+    pod_ip: &'a str,
     secrets: HashMap<String, Option<BTreeMap<String, String>>>,
     config_maps: HashMap<String, Option<BTreeMap<String, String>>>,
 }
@@ -165,11 +167,13 @@ pub(super) async fn environment(
     container: &Container,
     base: Vec<(String, String)>,
     paths: &PathMap,
+    pod_ip: &str,
 ) -> Result<Vec<(String, String)>> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut sources = Sources {
         client,
         namespace,
+        pod_ip,
         secrets: HashMap::new(),
         config_maps: HashMap::new(),
     };
@@ -272,13 +276,13 @@ async fn value_from(
         };
     }
     if let Some(r) = &source.field_ref {
-        return field_value(pod, &r.field_path).map(Some);
+        return field_value(pod, &r.field_path, sources.pod_ip).map(Some);
     }
     bail!("this kind of valueFrom (resourceFieldRef) is not supported by the pod runner")
 }
 
 /// The downward API fields a test is likely to use.
-fn field_value(pod: &Pod, path: &str) -> Result<String> {
+fn field_value(pod: &Pod, path: &str, pod_ip: &str) -> Result<String> {
     let meta = &pod.metadata;
     let spec = pod.spec.as_ref();
     let from_map = |map: &Option<BTreeMap<String, String>>, key: &str| {
@@ -295,7 +299,8 @@ fn field_value(pod: &Pod, path: &str) -> Result<String> {
         "spec.serviceAccountName" => spec
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_default(),
-        "status.hostIP" | "status.podIP" => LOOPBACK.to_string(),
+        "status.hostIP" => LOOPBACK.to_string(),
+        "status.podIP" => pod_ip.to_string(),
         _ => {
             let key = |prefix: &str| {
                 path.strip_prefix(prefix)
@@ -418,21 +423,25 @@ mod tests {
         }))
         .expect("valid pod");
         assert_eq!(
-            field_value(&pod, "metadata.name").ok().as_deref(),
+            field_value(&pod, "metadata.name", LOOPBACK).ok().as_deref(),
             Some("p")
         );
         assert_eq!(
-            field_value(&pod, "metadata.namespace").ok().as_deref(),
+            field_value(&pod, "metadata.namespace", LOOPBACK)
+                .ok()
+                .as_deref(),
             Some("n")
         );
         assert_eq!(
-            field_value(&pod, "spec.nodeName").ok().as_deref(),
+            field_value(&pod, "spec.nodeName", LOOPBACK).ok().as_deref(),
             Some("node")
         );
         assert_eq!(
-            field_value(&pod, "metadata.labels['a']").ok().as_deref(),
+            field_value(&pod, "metadata.labels['a']", LOOPBACK)
+                .ok()
+                .as_deref(),
             Some("b")
         );
-        assert!(field_value(&pod, "status.phase").is_err());
+        assert!(field_value(&pod, "status.phase", LOOPBACK).is_err());
     }
 }

@@ -67,6 +67,18 @@ fn blocking_command() -> std::process::Command {
     cmd
 }
 
+/// A loopback address of its own for a Pod (`127.<from the pid>.<n>.<n>`), reported as its
+/// `status.podIP` and given to `fieldRef: status.podIP`: every container shares the host's
+/// network, so Pods that listen on `$(POD_IP):<port>` do not collide, and each one is reachable
+/// at the address its Pod's status (and so its Service's endpoints) names.
+pub(super) fn pod_ip() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let process = 1 + std::process::id() % 254;
+    format!("127.{process}.{}.{}", (n / 254) % 256, 1 + n % 254)
+}
+
 /// The container name of a Pod: unique per Pod (its uid), readable in `podman ps`.
 pub(super) fn container_name(pod: &Pod) -> String {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");

@@ -168,11 +168,18 @@ impl<'a> PodWorker<'a> {
             open_to_the_container_user(&paths)?;
         }
         let log_path = dir.join("container.log");
+        let pod_ip = match launch {
+            Launch::Program(_) => LOOPBACK.to_string(),
+            Launch::Podman => podman::pod_ip(),
+        };
 
         let start = loop {
             let configured = match launch {
                 Launch::Program(program) => self.configure(program, container, &dir, &paths).await,
-                Launch::Podman => self.configure_podman(container, &dir, &paths).await,
+                Launch::Podman => {
+                    self.configure_podman(container, &dir, &paths, &pod_ip)
+                        .await
+                }
             };
             match configured {
                 Ok(start) => break start,
@@ -235,6 +242,7 @@ impl<'a> PodWorker<'a> {
                     &started_at,
                     restart_count,
                     last.as_ref(),
+                    &pod_ip,
                 ))
                 .await
             {
@@ -319,8 +327,15 @@ impl<'a> PodWorker<'a> {
             ("HOME".to_string(), dir.join("home").display().to_string()),
             ("KUBECONFIG".to_string(), kubeconfig.display().to_string()),
         ];
-        let env =
-            container::environment(&self.runner.client, self.pod, container, base, paths).await?;
+        let env = container::environment(
+            &self.runner.client,
+            self.pod,
+            container,
+            base,
+            paths,
+            LOOPBACK,
+        )
+        .await?;
         let args = container::arguments(container, &env, paths);
         Ok(Start::Program {
             program: program.to_path_buf(),
@@ -338,6 +353,7 @@ impl<'a> PodWorker<'a> {
         container: &Container,
         dir: &Path,
         paths: &PathMap,
+        pod_ip: &str,
     ) -> Result<Start> {
         let image = container.image.as_deref().unwrap_or_default();
         let image_user = podman::image_user(image)
@@ -426,6 +442,7 @@ impl<'a> PodWorker<'a> {
             container,
             base,
             &PathMap::default(),
+            pod_ip,
         )
         .await?;
         let name = podman::container_name(self.pod);

@@ -103,12 +103,13 @@ pub(super) fn running(
     started_at: &Value,
     restart_count: i32,
     last: Option<&Value>,
+    pod_ip: &str,
 ) -> Value {
     json!({ "status": {
         "phase": "Running",
         "hostIP": LOOPBACK,
-        "podIP": LOOPBACK,
-        "podIPs": [{ "ip": LOOPBACK }],
+        "podIP": pod_ip,
+        "podIPs": [{ "ip": pod_ip }],
         "startTime": start_time,
         "conditions": readiness(true, None),
         "containerStatuses": [id.status(true, restart_count, json!({
