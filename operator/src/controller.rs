@@ -44,6 +44,8 @@ use crate::uploads::{Gate, upload_gate};
 /// RecordingJobs as watched: one that fails to deserialize is reported, not a stalled watch.
 pub type Guarded = DeserializeGuard<RecordingJob>;
 
+/// How soon a reconcile that found a child cache still filling comes back.
+const CACHE_WAIT: Duration = Duration::from_millis(250);
 /// How often a Pending RecordingJob looks again for why its worker Pod has not started.
 const PENDING_RECHECK: Duration = Duration::from_secs(5);
 /// How long a Job may have no Pod before the Job controller's `FailedCreate` Events are looked up:
@@ -153,13 +155,19 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
         return Ok(Action::await_change());
     }
     // Never wait for the child caches inside a reconcile: their watches are driven by the same
-    // controller stream, so waiting here could hold them up. Not ready yet: retry in a moment.
+    // controller stream, so waiting here could hold them up. Not ready yet (the operator is
+    // starting, or just became the leader): look again in a moment. That is no failure, so it is
+    // neither logged as one nor counted in reconcile_errors_total.
     for (ready, what) in [
         (ctx.jobs.wait_until_ready().now_or_never(), "Job"),
         (ctx.pods.wait_until_ready().now_or_never(), "Pod"),
     ] {
         if !matches!(ready, Some(Ok(()))) {
-            return Err(Error::CacheNotReady(what));
+            debug!(
+                cache = what,
+                "waiting for the cache to fill before reconciling"
+            );
+            return Ok(Action::requeue(CACHE_WAIT));
         }
     }
 

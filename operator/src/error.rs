@@ -49,10 +49,6 @@ pub enum Error {
     #[error("Job {0} of an earlier RecordingJob of this name is still being deleted")]
     PreviousJob(String),
 
-    /// The caches were not ready (the operator is starting or lost its watches).
-    #[error("waiting for the {0} cache to fill")]
-    CacheNotReady(&'static str),
-
     /// Serializing something the operator built itself; a bug, but never a panic.
     #[error("serializing {what}: {source}")]
     Serialize {
@@ -70,8 +66,26 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// Every `error` label of `reconcile_errors_total`, each of which exists at zero from the start,
+/// so that a rate or an alert on one needs no first failure to have a series.
+pub const METRIC_LABELS: &[&str] = &[
+    "invalid_spec",
+    "missing_metadata",
+    "kube_conflict",
+    "kube_not_found",
+    "kube_forbidden",
+    "kube_invalid",
+    "kube_api",
+    "kube_client",
+    "invalid_object",
+    "foreign_job",
+    "previous_job",
+    "serialize",
+];
+
 impl Error {
-    /// Short, stable label for metrics: `reconcile_errors_total{error="..."}`.
+    /// Short, stable label for metrics: `reconcile_errors_total{error="..."}`, one of
+    /// [`METRIC_LABELS`].
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::InvalidSpec(_) => "invalid_spec",
@@ -89,7 +103,6 @@ impl Error {
             Error::InvalidObject(_) => "invalid_object",
             Error::ForeignJob(_) => "foreign_job",
             Error::PreviousJob(_) => "previous_job",
-            Error::CacheNotReady(_) => "cache_not_ready",
             Error::Serialize { .. } => "serialize",
         }
     }
@@ -201,7 +214,6 @@ mod tests {
             (api_error(409), "kube_conflict", true),
             (api_error(500), "kube_api", true),
             (api_error(422), "kube_invalid", true),
-            (Error::CacheNotReady("Job"), "cache_not_ready", true),
             (Error::ForeignJob("x".into()), "foreign_job", false),
             (Error::PreviousJob("x".into()), "previous_job", true),
             (
@@ -217,6 +229,10 @@ mod tests {
         ];
         for (error, label, transient) in cases {
             assert_eq!(error.metric_label(), label, "{error}");
+            assert!(
+                METRIC_LABELS.contains(&label),
+                "{label} is not in METRIC_LABELS"
+            );
             assert_eq!(error.is_transient(), transient, "{error}");
         }
     }
@@ -345,6 +361,5 @@ mod tests {
             None,
             "only the Job create is judged"
         );
-        assert_eq!(Error::CacheNotReady("Pod").refusal(), None);
     }
 }

@@ -42,7 +42,7 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics {
+        let metrics = Metrics {
             reconciles: Counter::default(),
             errors: Family::default(),
             // 1 ms .. ~16 s
@@ -55,7 +55,19 @@ impl Default for Metrics {
             jobs_created: Counter::default(),
             status_writes: Counter::default(),
             status_writes_held_back: Counter::default(),
+        };
+        // Every series exists from the start, at zero: a rate over a counter that appears with
+        // its first increment misses that increment, and an absent series looks like a scrape
+        // problem.
+        for error in crate::error::METRIC_LABELS {
+            let _ = metrics.errors.get_or_create(&ErrorLabels { error });
         }
+        for result in ["succeeded", "failed"] {
+            let _ = metrics
+                .processing_seconds
+                .get_or_create(&ResultLabels { result });
+        }
+        metrics
     }
 }
 
@@ -172,6 +184,27 @@ impl Drop for ReconcileTimer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_series_exists_at_zero_before_the_first_event() {
+        let metrics = Metrics::default();
+        let mut registry = Registry::with_prefix("mixdown_operator");
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for error in crate::error::METRIC_LABELS {
+            let line = format!("mixdown_operator_reconcile_errors_total{{error=\"{error}\"}} 0");
+            assert!(text.contains(&line), "missing {line:?} in\n{text}");
+        }
+        for line in [
+            "mixdown_operator_reconciles_total 0",
+            "mixdown_operator_jobs_created_total 0",
+            "mixdown_operator_processing_seconds_count{result=\"succeeded\"} 0",
+            "mixdown_operator_processing_seconds_count{result=\"failed\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
 
     #[test]
     fn metrics_are_exposed_under_the_prefix() {

@@ -479,3 +479,49 @@ async fn a_burst_gets_its_jobs_first_and_every_status_after() {
     );
     assert!(written >= BURST as f64, "{written} status writes");
 }
+
+/// An operator that starts (or takes over) with many RecordingJobs waits for its caches instead
+/// of failing reconciles: 200 RecordingJobs at its start give no warning in its log and not one
+/// reconcile error, and every one of them gets its status.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_with_200_recording_jobs_logs_no_warning_and_counts_no_error() {
+    let world = World::new(&[SLEEPING]).await;
+    for i in 0..200 {
+        let name = format!("many-{i}");
+        let unsealed = serde_json::json!({
+            "tracks": [{"participantId": "alice", "source": {"prefix": format!("riverside/chunks/room1/{name}/alice/")}}],
+            "uploadTimeoutSeconds": 3600,
+        });
+        world
+            .create_rj(&name, spec("room1", &name, &[], unsealed))
+            .await;
+    }
+    let operator = world.operator(SLEEPING.0, &[]);
+    operator.wait_up().await;
+    eventually(LONG, "200 RecordingJobs Uploading", || async {
+        let list = world.rjs().list(&ListParams::default()).await.ok()?;
+        let uploading = list
+            .items
+            .iter()
+            .filter(|rj| rj.status.as_ref().and_then(|s| s.phase) == Some(Phase::Uploading))
+            .count();
+        (uploading == 200).then_some(())
+    })
+    .await;
+    let log = operator.log_text();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
+    let errors = operator.metrics_text().await;
+    let counted: Vec<&str> = errors
+        .lines()
+        .filter(|l| l.starts_with("mixdown_operator_reconcile_errors_total{") && !l.ends_with(" 0"))
+        .collect();
+    assert!(counted.is_empty(), "{counted:#?}");
+    assert!(
+        errors.contains("mixdown_operator_reconcile_errors_total{error=\"kube_api\"} 0"),
+        "every error series exists at zero:\n{errors}"
+    );
+}

@@ -404,16 +404,19 @@ impl Operator {
 
     /// The value of a metric line (exact name with labels), once the endpoint answers.
     pub async fn metric(&self, series: &str) -> Option<f64> {
-        let body = reqwest::get(&self.metrics_url)
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let body = self.metrics_text().await;
         body.lines()
             .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
+    }
+
+    /// The whole `/metrics` page, or nothing when it cannot be read.
+    pub async fn metrics_text(&self) -> String {
+        match reqwest::get(&self.metrics_url).await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
     }
 
     /// Waits until the operator serves metrics (it is up and connected).
