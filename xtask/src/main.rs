@@ -26,9 +26,9 @@ struct Cli {
 enum Cmd {
     /// Regenerate the RecordingJob CRD YAML from the Rust types.
     Crdgen,
-    /// Run every check and test: fmt, clippy, the worker image build, and `cargo test --workspace`.
+    /// Run every check and test: fmt, clippy, the image builds, and `cargo test --workspace`.
     Test {
-        /// Skip building the worker image with podman (its test then fails, naming the cause).
+        /// Skip building the images with podman (their tests then fail, naming the cause).
         #[arg(long)]
         skip_image: bool,
         /// Extra arguments for `cargo test`, after `--` (e.g. a test name filter).
@@ -201,8 +201,12 @@ fn test(root: &Path, skip_image: bool, cargo_test_args: &[String]) -> anyhow::Re
     ]))
     .context("clippy found problems")?;
     if !skip_image {
-        sh.run(sh.cmd("bash").arg("ffmpeg-image/build.sh"))
-            .context("building the worker image")?;
+        // The worker's, the operator's and the API's, from the code under test.
+        sh.run(
+            sh.cmd("bash")
+                .args(["ffmpeg-image/build.sh", "--component", "all"]),
+        )
+        .context("building the images (ffmpeg-image/build.sh --component all)")?;
     }
     // `cargo test --workspace` builds every workspace binary before any test runs, with the
     // features of the whole test build: tests that run Mixdown's binaries as processes take those
