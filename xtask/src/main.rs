@@ -279,30 +279,32 @@ fn missing(prerequisites: &[(&str, &str)]) -> Option<String> {
 /// Sets MIXDOWN_HELM for `sh`'s commands, unless it is set: the helm CLI the chart tests run, as
 /// `tests/helm/setup.sh` builds it from its Go module (cached after the first build).
 fn prepare_helm(sh: &mut Shell) -> anyhow::Result<()> {
-    if std::env::var_os("MIXDOWN_HELM").is_some() {
-        return Ok(());
-    }
-    let output = sh
-        .capture(sh.cmd("bash").arg("tests/helm/setup.sh"))
-        .context("building the helm CLI for the chart tests with tests/helm/setup.sh")?;
-    let helm = output.lines().last().unwrap_or_default().trim().to_string();
-    println!("xtask: MIXDOWN_HELM={helm}");
-    sh.env.push(("MIXDOWN_HELM".into(), helm));
-    Ok(())
+    prepare_from_script(sh, "MIXDOWN_HELM", "tests/helm/setup.sh", "the helm CLI")
 }
 
 /// Sets KUBEBUILDER_ASSETS for `sh`'s commands, unless it is set: the local Kubernetes binaries
 /// as `tests/envtest/setup.sh` prepares them.
 fn prepare_envtest(sh: &mut Shell) -> anyhow::Result<()> {
-    if std::env::var_os("KUBEBUILDER_ASSETS").is_some() {
+    prepare_from_script(
+        sh,
+        "KUBEBUILDER_ASSETS",
+        "tests/envtest/setup.sh",
+        "KUBEBUILDER_ASSETS",
+    )
+}
+
+/// Sets `var` for `sh`'s commands, unless it is set, to the last line `script` prints (the setup
+/// scripts' convention: a path, after what they did on stderr).
+fn prepare_from_script(sh: &mut Shell, var: &str, script: &str, what: &str) -> anyhow::Result<()> {
+    if std::env::var_os(var).is_some() {
         return Ok(());
     }
     let output = sh
-        .capture(sh.cmd("bash").arg("tests/envtest/setup.sh"))
-        .context("preparing KUBEBUILDER_ASSETS with tests/envtest/setup.sh")?;
-    let assets = output.lines().last().unwrap_or_default().trim().to_string();
-    println!("xtask: KUBEBUILDER_ASSETS={assets}");
-    sh.env.push(("KUBEBUILDER_ASSETS".into(), assets));
+        .capture(sh.cmd("bash").arg(script))
+        .with_context(|| format!("preparing {what} with {script}"))?;
+    let value = output.lines().last().unwrap_or_default().trim().to_string();
+    println!("xtask: {var}={value}");
+    sh.env.push((var.into(), value));
     Ok(())
 }
 
