@@ -19,6 +19,9 @@ use mixdown_crds::{Cleanup, Profile, Track, TrackSource, WorkerJob, WorkerReport
 use mixdown_testkit::s3::S3Server;
 use tokio::process::Command;
 
+mod podman_support;
+use podman_support::{check_oci_labels, describe, inspect, podman, stdout};
+
 /// Tag that build.sh gives the image; `MIXDOWN_WORKER_IMAGE` tests another one.
 const DEFAULT_IMAGE: &str = "localhost/mixdown-worker:dev";
 /// The fixed UID and GID of the image's user, which Pod security contexts rely on.
@@ -33,21 +36,6 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn image() -> String {
     std::env::var("MIXDOWN_WORKER_IMAGE").unwrap_or_else(|_| DEFAULT_IMAGE.to_string())
-}
-
-/// podman with the settings these machines need (runc, cgroupfs, ulimits it may set), from the
-/// project's own config file unless the caller points CONTAINERS_CONF elsewhere.
-fn podman() -> Command {
-    let mut cmd = Command::new("podman");
-    if std::env::var_os("CONTAINERS_CONF").is_none() {
-        cmd.env(
-            "CONTAINERS_CONF",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("podman/containers.conf"),
-        );
-    }
-    cmd.args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"])
-        .kill_on_drop(true);
-    cmd
 }
 
 /// Fails the test, saying what to do, unless podman works and the image exists. Warns when the
@@ -113,20 +101,6 @@ fn newest_source_change() -> Option<u64> {
         .duration_since(SystemTime::UNIX_EPOCH)
         .ok()
         .map(|d| d.as_secs())
-}
-
-async fn inspect(image: &str, format: &str) -> String {
-    let out = podman()
-        .args(["image", "inspect", "--format", format, image])
-        .output()
-        .await
-        .expect("podman image inspect");
-    assert!(
-        out.status.success(),
-        "podman image inspect {image}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// One `podman run` of the image with a Pod's constraints: read-only root, tmpfs scratch, host
@@ -222,19 +196,6 @@ impl Run {
     }
 }
 
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "{}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn help_exits_zero() {
     let image = require_image().await;
@@ -252,28 +213,7 @@ async fn image_config_is_what_a_job_expects() {
         r#"["/usr/local/bin/mixdown-worker"]"#
     );
     assert_eq!(inspect(&image, "{{.Config.WorkingDir}}").await, SCRATCH);
-    let labels: serde_json::Value =
-        serde_json::from_str(&inspect(&image, "{{json .Config.Labels}}").await)
-            .expect("labels are JSON");
-    for label in [
-        "title",
-        "description",
-        "source",
-        "licenses",
-        "version",
-        "revision",
-    ] {
-        let key = format!("org.opencontainers.image.{label}");
-        assert!(
-            labels[&key].as_str().is_some_and(|v| !v.is_empty()),
-            "label {key} missing in {labels}"
-        );
-    }
-    assert_eq!(
-        labels["org.opencontainers.image.version"],
-        env!("CARGO_PKG_VERSION")
-    );
-    assert_eq!(labels["org.opencontainers.image.licenses"], "Apache-2.0");
+    check_oci_labels(&image, "mixdown-worker").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

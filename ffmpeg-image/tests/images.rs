@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
+mod podman_support;
+use podman_support::{check_oci_labels, describe, inspect, podman, stdout};
+
 /// The fixed UID and GID of the images' user, which Pod security contexts rely on.
 const UID: &str = "65532";
 /// Longest a single container run may take.
@@ -25,20 +28,6 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 fn image(component: &str) -> String {
     std::env::var(format!("MIXDOWN_{}_IMAGE", component.to_uppercase()))
         .unwrap_or_else(|_| format!("localhost/mixdown-{component}:dev"))
-}
-
-/// podman with the project's settings (see ffmpeg-image/podman/containers.conf).
-fn podman() -> Command {
-    let mut cmd = Command::new("podman");
-    if std::env::var_os("CONTAINERS_CONF").is_none() {
-        cmd.env(
-            "CONTAINERS_CONF",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("podman/containers.conf"),
-        );
-    }
-    cmd.args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"])
-        .kill_on_drop(true);
-    cmd
 }
 
 /// Fails the test, saying what to do, unless podman works and the image exists.
@@ -61,20 +50,6 @@ async fn require_image(component: &str) -> String {
          (its first run needs root, to make the base image)"
     );
     image
-}
-
-async fn inspect(image: &str, format: &str) -> String {
-    let out = podman()
-        .args(["image", "inspect", "--format", format, image])
-        .output()
-        .await
-        .expect("podman image inspect");
-    assert!(
-        out.status.success(),
-        "podman image inspect {image}: {}",
-        describe(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A unique container name for this test binary.
@@ -112,19 +87,6 @@ async fn run(image: &str, args: &[&str]) -> Output {
     }
 }
 
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "{}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// What a Deployment relies on: the non-root user, the binary as the entrypoint (exec form, no
 /// shell), the labels, and both tags build.sh gives.
 async fn check_config(component: &str) {
@@ -145,31 +107,7 @@ async fn check_config(component: &str) {
         ),
         "the image has a CMD"
     );
-    let labels: serde_json::Value =
-        serde_json::from_str(&inspect(&image, "{{json .Config.Labels}}").await)
-            .expect("labels are JSON");
-    for label in [
-        "title",
-        "description",
-        "source",
-        "licenses",
-        "version",
-        "revision",
-    ] {
-        let key = format!("org.opencontainers.image.{label}");
-        assert!(
-            labels[&key].as_str().is_some_and(|v| !v.is_empty()),
-            "label {key} missing in {labels}"
-        );
-    }
-    assert_eq!(
-        labels["org.opencontainers.image.title"],
-        format!("mixdown-{component}")
-    );
-    assert_eq!(
-        labels["org.opencontainers.image.version"],
-        env!("CARGO_PKG_VERSION")
-    );
+    check_oci_labels(&image, &format!("mixdown-{component}")).await;
     // The chart's appVersion is the workspace version: an install that names no tag finds it.
     let id = inspect(&image, "{{.Id}}").await;
     let versioned = format!(
