@@ -643,6 +643,42 @@ async fn batch_delete_removes_every_key_in_one_request() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn writing_into_a_bucket_that_does_not_exist_is_no_such_bucket() {
+    let s3 = S3Server::start().await.unwrap();
+    let client = s3.client();
+    let err = client
+        .put_object()
+        .bucket("no-such-bucket")
+        .key("k")
+        .body(ByteStream::from_static(b"v"))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(status(&err), Some(404));
+    assert_eq!(
+        err.as_service_error().and_then(|e| e.meta().code()),
+        Some("NoSuchBucket")
+    );
+    let err = client
+        .create_multipart_upload()
+        .bucket("no-such-bucket")
+        .key("k")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(status(&err), Some(404));
+    // Nothing was made on the way: the bucket still does not exist.
+    assert!(!s3.root().join("no-such-bucket").exists());
+    let err = client
+        .list_objects_v2()
+        .bucket("no-such-bucket")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(status(&err), Some(404));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn wrong_credentials_are_refused_and_any_region_signs() {
     let s3 = S3Server::start().await.unwrap();
     let bucket = s3.create_bucket().await;

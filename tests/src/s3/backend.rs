@@ -15,6 +15,9 @@
 //!   twice for a Complete (the check above, then its own copy), over a second on 200 MB.
 //!   Conditional Completes (If-Match, If-None-Match) and unusual keys still go to `s3s-fs`.
 //!
+//! - PutObject and CreateMultipartUpload into a bucket that does not exist are NoSuchBucket (404);
+//!   `s3s-fs` would create the bucket's directory on the way and store the object.
+//!
 //! One difference stays: parts must be numbered 1, 2, 3, ... without gaps (R2 allows gaps); that
 //! is refused as InvalidPartOrder, with the upload left open.
 
@@ -69,6 +72,15 @@ impl Backend {
 
     fn part_digests(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, i32), PartDigest>> {
         self.parts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// NoSuchBucket unless `bucket` exists.
+    fn bucket_exists(&self, bucket: &str) -> S3Result<()> {
+        if self.root.join(bucket).is_dir() {
+            Ok(())
+        } else {
+            Err(s3_error!(NoSuchBucket))
+        }
     }
 
     fn forget_parts(&self, upload_id: Uuid) {
@@ -330,6 +342,7 @@ impl S3 for Backend {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
+        self.bucket_exists(&req.input.bucket)?;
         self.fs.put_object(req).await
     }
 
@@ -337,6 +350,7 @@ impl S3 for Backend {
         &self,
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.bucket_exists(&req.input.bucket)?;
         self.fs.create_multipart_upload(req).await
     }
 
