@@ -29,38 +29,8 @@ pub struct Args {
     #[arg(long, env = "MIXDOWN_NAMESPACE")]
     pub namespace: Option<String>,
 
-    /// S3-compatible endpoint the API itself uses to check and list chunks
-    /// (e.g. `https://<account>.r2.cloudflarestorage.com`, or a cluster-internal one).
-    #[arg(long, env = "MIXDOWN_S3_ENDPOINT")]
-    pub s3_endpoint: String,
-
-    /// Endpoint browsers reach storage at; presigned URLs are made for it. Unset: `--s3-endpoint`.
-    #[arg(long, env = "MIXDOWN_S3_PUBLIC_ENDPOINT")]
-    pub s3_public_endpoint: Option<String>,
-
-    /// Region to sign with; R2 wants `auto`.
-    #[arg(long, env = "MIXDOWN_S3_REGION", default_value = "auto")]
-    pub s3_region: String,
-
-    /// Bucket holding chunks and outputs.
-    #[arg(long, env = "MIXDOWN_S3_BUCKET")]
-    pub s3_bucket: String,
-
-    /// Path-style addressing (`{endpoint}/{bucket}/{key}`); off: `{bucket}.{endpoint host}/{key}`.
-    #[arg(long, env = "MIXDOWN_S3_PATH_STYLE", default_value_t = true, action = clap::ArgAction::Set)]
-    pub s3_path_style: bool,
-
-    /// Storage access key id (the chart takes it from a Secret).
-    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
-    pub s3_access_key_id: String,
-
-    /// Storage secret access key (the chart takes it from a Secret).
-    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
-    pub s3_secret_access_key: String,
-
-    /// First segment of every object key: `{prefix}/chunks/...`, `{prefix}/processed/...`.
-    #[arg(long, env = "MIXDOWN_KEY_PREFIX", default_value = mixdown_crds::names::DEFAULT_KEY_PREFIX)]
-    pub key_prefix: String,
+    #[command(flatten)]
+    pub storage: StorageArgs,
 
     /// File holding the key that signs participant tokens (HS256, at least 32 bytes).
     #[arg(long, env = "MIXDOWN_SIGNING_KEY_FILE")]
@@ -135,6 +105,133 @@ pub struct Args {
     /// On SIGTERM, how long sockets get to hear `server-shutdown` before connections close.
     #[arg(long, env = "MIXDOWN_SHUTDOWN_GRACE_SECONDS", default_value_t = 2)]
     pub shutdown_grace_seconds: u64,
+}
+
+/// Where storage is and how to sign for it: the same flags for the server and for `selftest`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StorageArgs {
+    /// S3-compatible endpoint the API itself uses to check and list chunks
+    /// (e.g. `https://<account>.r2.cloudflarestorage.com`, or a cluster-internal one).
+    #[arg(long, env = "MIXDOWN_S3_ENDPOINT")]
+    pub s3_endpoint: String,
+
+    /// Endpoint browsers reach storage at; presigned URLs are made for it. Unset: `--s3-endpoint`.
+    #[arg(long, env = "MIXDOWN_S3_PUBLIC_ENDPOINT")]
+    pub s3_public_endpoint: Option<String>,
+
+    /// Region to sign with; R2 wants `auto`.
+    #[arg(long, env = "MIXDOWN_S3_REGION", default_value = "auto")]
+    pub s3_region: String,
+
+    /// Bucket holding chunks and outputs.
+    #[arg(long, env = "MIXDOWN_S3_BUCKET")]
+    pub s3_bucket: String,
+
+    /// Path-style addressing (`{endpoint}/{bucket}/{key}`); off: `{bucket}.{endpoint host}/{key}`.
+    #[arg(long, env = "MIXDOWN_S3_PATH_STYLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub s3_path_style: bool,
+
+    /// Storage access key id (the chart takes it from a Secret).
+    #[arg(long, env = "AWS_ACCESS_KEY_ID", hide_env_values = true)]
+    pub s3_access_key_id: String,
+
+    /// Storage secret access key (the chart takes it from a Secret).
+    #[arg(long, env = "AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: String,
+
+    /// First segment of every object key: `{prefix}/chunks/...`, `{prefix}/processed/...`.
+    #[arg(long, env = "MIXDOWN_KEY_PREFIX", default_value = mixdown_crds::names::DEFAULT_KEY_PREFIX)]
+    pub key_prefix: String,
+}
+
+impl StorageArgs {
+    /// The [`StorageConfig`] these flags describe (endpoints without a trailing slash, the
+    /// prefix without slashes at either end).
+    pub fn config(&self) -> StorageConfig {
+        StorageConfig {
+            endpoint: self.s3_endpoint.trim_end_matches('/').to_string(),
+            public_endpoint: self
+                .s3_public_endpoint
+                .as_deref()
+                .unwrap_or(&self.s3_endpoint)
+                .trim_end_matches('/')
+                .to_string(),
+            region: self.s3_region.clone(),
+            bucket: self.s3_bucket.clone(),
+            path_style: self.s3_path_style,
+            access_key_id: self.s3_access_key_id.clone(),
+            secret_access_key: self.s3_secret_access_key.clone(),
+            key_prefix: self.key_prefix.trim_matches('/').to_string(),
+        }
+    }
+}
+
+/// `mixdown-api selftest`: checks an install from where it runs (the chart's `helm test` Pod)
+/// with the server's storage settings and credentials: a probe object presigned, uploaded, read
+/// back and deleted, and a socket.io handshake with the API. One line per step; exit 1 names the
+/// step that failed.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "selftest",
+    about = "Checks an install: a probe object presigned, PUT, HEAD and deleted in the bucket, and a socket.io handshake with the API; one line per step, exit 1 names the failed step",
+    long_about = None
+)]
+pub struct SelftestArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    /// Base URL of the API to complete a socket.io handshake with, e.g.
+    /// `http://mixdown-api.mixdown.svc:80`.
+    #[arg(long, env = "MIXDOWN_SELFTEST_API_URL")]
+    pub api_url: String,
+
+    /// Longest time each step may take, in seconds.
+    #[arg(long, env = "MIXDOWN_SELFTEST_TIMEOUT_SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub timeout_seconds: u64,
+}
+
+/// What `mixdown-api` was asked to do: serve (no subcommand, as every existing invocation), or
+/// a subcommand.
+#[derive(Debug, Clone)]
+pub enum Invocation {
+    Serve(Box<Args>),
+    Selftest(SelftestArgs),
+}
+
+impl Invocation {
+    /// The command line: the server's flags, and its subcommands. The server's flags are
+    /// required only when it is the server that runs.
+    pub fn command() -> clap::Command {
+        use clap::CommandFactory;
+        Args::command()
+            .subcommand(SelftestArgs::command())
+            .args_conflicts_with_subcommands(true)
+            .subcommand_negates_reqs(true)
+    }
+
+    pub fn try_parse_from<I, T>(argv: I) -> Result<Invocation, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::FromArgMatches;
+        let mut matches = Invocation::command().try_get_matches_from(argv)?;
+        match matches.remove_subcommand() {
+            Some((name, mut sub)) if name == "selftest" => Ok(Invocation::Selftest(
+                SelftestArgs::from_arg_matches_mut(&mut sub)?,
+            )),
+            Some((name, _)) => unreachable!("clap knows no subcommand {name}"),
+            None => Ok(Invocation::Serve(Box::new(Args::from_arg_matches_mut(
+                &mut matches,
+            )?))),
+        }
+    }
+
+    /// Parses the process's arguments; on a bad command line prints clap's message and exits.
+    pub fn parse() -> Invocation {
+        Invocation::try_parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -261,21 +358,7 @@ impl Args {
     pub fn config(&self, keys: &Keys, namespace: String) -> Config {
         Config {
             namespace,
-            storage: StorageConfig {
-                endpoint: self.s3_endpoint.trim_end_matches('/').to_string(),
-                public_endpoint: self
-                    .s3_public_endpoint
-                    .as_deref()
-                    .unwrap_or(&self.s3_endpoint)
-                    .trim_end_matches('/')
-                    .to_string(),
-                region: self.s3_region.clone(),
-                bucket: self.s3_bucket.clone(),
-                path_style: self.s3_path_style,
-                access_key_id: self.s3_access_key_id.clone(),
-                secret_access_key: self.s3_secret_access_key.clone(),
-                key_prefix: self.key_prefix.trim_matches('/').to_string(),
-            },
+            storage: self.storage.config(),
             signing_key: keys.signing_key.clone(),
             admin_key: keys.admin_key.clone(),
             token_ttl: Duration::from_secs(self.token_ttl_seconds),
@@ -354,6 +437,56 @@ mod tests {
         ];
         argv.extend_from_slice(extra);
         Args::try_parse_from(argv).expect("valid flags")
+    }
+
+    #[test]
+    fn no_subcommand_serves_and_selftest_takes_the_storage_flags() {
+        let serve = Invocation::try_parse_from([
+            "mixdown-api",
+            "--s3-endpoint",
+            "http://127.0.0.1:9000",
+            "--s3-bucket",
+            "b",
+            "--s3-access-key-id",
+            "ak",
+            "--s3-secret-access-key",
+            "sk",
+        ])
+        .expect("the server's flags");
+        assert!(matches!(serve, Invocation::Serve(args) if args.storage.s3_bucket == "b"));
+
+        let Invocation::Selftest(selftest) = Invocation::try_parse_from([
+            "mixdown-api",
+            "selftest",
+            "--s3-endpoint",
+            "http://127.0.0.1:9000/",
+            "--s3-bucket",
+            "b",
+            "--s3-access-key-id",
+            "ak",
+            "--s3-secret-access-key",
+            "sk",
+            "--key-prefix",
+            "/studio/prod/",
+            "--api-url",
+            "http://mixdown-api.mixdown.svc:80",
+        ])
+        .expect("selftest's flags") else {
+            panic!("selftest is the subcommand");
+        };
+        assert_eq!(selftest.api_url, "http://mixdown-api.mixdown.svc:80");
+        assert_eq!(selftest.timeout_seconds, 10);
+        let storage = selftest.storage.config();
+        assert_eq!(storage.public_endpoint, "http://127.0.0.1:9000");
+        assert_eq!(storage.key_prefix, "studio/prod");
+
+        let err = Invocation::try_parse_from(["mixdown-api", "selftest", "--s3-bucket", "b"])
+            .expect_err("selftest needs its settings");
+        assert!(err.to_string().contains("--api-url"), "{err}");
+        // The server needs its own settings only when it is the server that runs.
+        let err =
+            Invocation::try_parse_from(["mixdown-api"]).expect_err("the server needs its settings");
+        assert!(err.to_string().contains("--s3-endpoint"), "{err}");
     }
 
     #[test]

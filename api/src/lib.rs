@@ -5,6 +5,7 @@
 //! - [`book`]: what this replica knows of each recording and which events a change calls for
 //!   (pure, unit-tested); [`live`] feeds it from the cluster's watches and emits;
 //! - [`cluster`]: recording markers and RecordingJobs; [`storage`] and [`presign`]: the bucket;
+//! - [`selftest`]: `mixdown-api selftest`, the chart's `helm test`;
 //! - [`auth`]: tokens and the admin key; [`ids`]: the one id validator; [`error`]: the one error.
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod presign;
 pub mod rest;
 pub mod seal;
+pub mod selftest;
 pub mod socket;
 pub mod storage;
 pub mod studio;

@@ -1,16 +1,18 @@
 //! `mixdown-api`: see `--help` and api/README.md.
 //!
-//! Exit codes: 0 after a clean shutdown (SIGTERM or Ctrl-C), 1 when it cannot start (missing keys,
-//! no cluster, a port in use), said in one line on stderr.
+//! With no subcommand it serves. Exit codes: 0 after a clean shutdown (SIGTERM or Ctrl-C), 1 when
+//! it cannot start (missing keys, no cluster, a port in use), said in one line on stderr.
+//!
+//! `mixdown-api selftest` checks an install (see `mixdown_api::selftest`): 0 when every step
+//! passed, 1 when one failed, named on its line.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
 use mixdown_api::app::AppState;
 use mixdown_api::cluster::Cluster;
-use mixdown_api::config::Args;
+use mixdown_api::config::{Args, Invocation};
 use mixdown_api::metrics::{Metrics, Ops, ops_router};
 use mixdown_api::storage::Storage;
 use mixdown_api::{live, socket, telemetry};
@@ -28,10 +30,19 @@ async fn main() {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let args = Args::parse();
-    telemetry::init(args.log_format);
     // With more than one rustls backend compiled in, none is the default: choose ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    match Invocation::parse() {
+        Invocation::Serve(args) => serve(*args).await,
+        Invocation::Selftest(args) => {
+            let passed = mixdown_api::selftest::run(&args, &mut std::io::stdout()).await;
+            std::process::exit(if passed { 0 } else { 1 });
+        }
+    }
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    telemetry::init(args.log_format);
 
     let keys = args.keys()?;
     let client = kube::Client::try_default()

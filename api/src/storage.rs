@@ -52,6 +52,11 @@ impl Layout {
     pub fn outputs(&self, room: &str, recording: &str) -> String {
         format!("{}processed/{room}/{recording}/", self.root())
     }
+
+    /// `{prefix}/selftest/{name}`: probe objects of `mixdown-api selftest`.
+    pub fn selftest(&self, name: &str) -> String {
+        format!("{}selftest/{name}", self.root())
+    }
 }
 
 /// What a LIST found under a recording's chunk prefix: per participant, the sequence numbers.
@@ -141,6 +146,22 @@ impl Storage {
                 message: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
             }),
         }
+    }
+
+    /// Deletes `key` (no error when it is already gone, as S3 answers).
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| StorageError {
+                op: "DELETE",
+                key: key.into(),
+                message: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+            })
     }
 
     /// Every chunk below a recording's prefix (or only `participant`'s), by participant, every
@@ -233,6 +254,7 @@ mod tests {
             "riverside/processed/room1/rec1/"
         );
         assert_eq!(Layout::new("").track("r", "x", "p"), "chunks/r/x/p/");
+        assert_eq!(layout.selftest("p.txt"), "riverside/selftest/p.txt");
     }
 
     #[test]
