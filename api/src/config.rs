@@ -83,6 +83,24 @@ pub struct Args {
           value_parser = clap::value_parser!(i64).range(0..=86_400))]
     pub upload_timeout_seconds: i64,
 
+    /// `backoffLimit` of the RecordingJobs the API creates: retries of transient worker failures
+    /// before processing fails (0 to 10).
+    #[arg(long, env = "MIXDOWN_JOB_BACKOFF_LIMIT", default_value_t = 3,
+          value_parser = clap::value_parser!(i32).range(0..=10))]
+    pub job_backoff_limit: i32,
+
+    /// `activeDeadlineSeconds` of the RecordingJobs the API creates: longest time processing may
+    /// take across all attempts (1 to 86400).
+    #[arg(long, env = "MIXDOWN_JOB_ACTIVE_DEADLINE_SECONDS", default_value_t = 3600,
+          value_parser = clap::value_parser!(i64).range(1..=86_400))]
+    pub job_active_deadline_seconds: i64,
+
+    /// `startTimeoutSeconds` of the RecordingJobs the API creates: longest time a worker Pod may
+    /// take to start before the job fails with the cause (1 to 86400).
+    #[arg(long, env = "MIXDOWN_JOB_START_TIMEOUT_SECONDS", default_value_t = mixdown_crds::DEFAULT_START_TIMEOUT_SECONDS,
+          value_parser = clap::value_parser!(i64).range(1..=86_400))]
+    pub job_start_timeout_seconds: i64,
+
     /// Progress-only updates of one recording go to its room at most this often, in
     /// milliseconds (phase changes never wait).
     #[arg(long, env = "MIXDOWN_PROGRESS_INTERVAL_MS", default_value_t = 1000,
@@ -284,6 +302,10 @@ pub struct Config {
     pub output_profile: Profile,
     pub job_ttl_seconds: Option<i32>,
     pub upload_timeout_seconds: i64,
+    /// `backoffLimit`, `activeDeadlineSeconds` and `startTimeoutSeconds` of new RecordingJobs.
+    pub job_backoff_limit: i32,
+    pub job_active_deadline_seconds: i64,
+    pub job_start_timeout_seconds: i64,
     pub progress_interval: Duration,
     pub public_url: String,
 }
@@ -368,6 +390,9 @@ impl Args {
             output_profile: self.output_profile.into(),
             job_ttl_seconds: self.job_ttl_seconds,
             upload_timeout_seconds: self.upload_timeout_seconds,
+            job_backoff_limit: self.job_backoff_limit,
+            job_active_deadline_seconds: self.job_active_deadline_seconds,
+            job_start_timeout_seconds: self.job_start_timeout_seconds,
             progress_interval: Duration::from_millis(self.progress_interval_ms),
             public_url: self
                 .public_url
@@ -487,6 +512,65 @@ mod tests {
         let err =
             Invocation::try_parse_from(["mixdown-api"]).expect_err("the server needs its settings");
         assert!(err.to_string().contains("--s3-endpoint"), "{err}");
+    }
+
+    #[test]
+    fn job_settings_default_to_the_crd_defaults_and_refuse_values_out_of_range() {
+        let keys = args(&["--generate-keys"]).keys().expect("generated");
+        let config = args(&[]).config(&keys, "ns".into());
+        assert_eq!(
+            (
+                config.job_backoff_limit,
+                config.job_active_deadline_seconds,
+                config.job_start_timeout_seconds
+            ),
+            (3, 3600, 600)
+        );
+        let config = args(&[
+            "--job-backoff-limit",
+            "0",
+            "--job-active-deadline-seconds",
+            "86400",
+            "--job-start-timeout-seconds",
+            "1",
+        ])
+        .config(&keys, "ns".into());
+        assert_eq!(
+            (
+                config.job_backoff_limit,
+                config.job_active_deadline_seconds,
+                config.job_start_timeout_seconds
+            ),
+            (0, 86400, 1)
+        );
+
+        for (flag, bad, range) in [
+            ("--job-backoff-limit", "11", "0..=10"),
+            ("--job-backoff-limit", "-1", "0..=10"),
+            ("--job-active-deadline-seconds", "0", "1..=86400"),
+            ("--job-active-deadline-seconds", "86401", "1..=86400"),
+            ("--job-start-timeout-seconds", "0", "1..=86400"),
+            ("--job-start-timeout-seconds", "90000", "1..=86400"),
+        ] {
+            let err = Args::try_parse_from([
+                "mixdown-api",
+                "--s3-endpoint",
+                "http://127.0.0.1:9000",
+                "--s3-bucket",
+                "b",
+                "--s3-access-key-id",
+                "ak",
+                "--s3-secret-access-key",
+                "sk",
+                &format!("{flag}={bad}"),
+            ])
+            .expect_err("out of range");
+            let text = err.to_string();
+            assert!(
+                text.contains(flag) && text.contains(bad) && text.contains(range),
+                "{flag} {bad}: {text}"
+            );
+        }
     }
 
     #[test]

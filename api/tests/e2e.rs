@@ -338,8 +338,17 @@ async fn recording_chunks() -> Vec<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_same_stop_twice_or_on_two_replicas_at_once_creates_one_recording_job() {
     let world = World::new(&[("never:test", "exit 1")]).await;
-    let a = ApiServer::start(&world, &[]).await;
-    let b = ApiServer::start(&world, &[]).await;
+    // The worker defaults a platform team sets (the chart's worker.backoffLimit, ...).
+    let job_settings = [
+        "--job-backoff-limit",
+        "1",
+        "--job-active-deadline-seconds",
+        "900",
+        "--job-start-timeout-seconds",
+        "120",
+    ];
+    let a = ApiServer::start(&world, &job_settings).await;
+    let b = ApiServer::start(&world, &job_settings).await;
     let (room, host, _) = a.create_room().await;
     let (_, started) = a
         .post(&format!("/api/rooms/{room}/recordings"), Some(&host), None)
@@ -378,6 +387,15 @@ async fn the_same_stop_twice_or_on_two_replicas_at_once_creates_one_recording_jo
     assert_eq!(
         spec.tracks[0].source.chunk_count, None,
         "a stop leaves the track for its page to seal"
+    );
+    assert_eq!(
+        (
+            spec.backoff_limit,
+            spec.active_deadline_seconds,
+            spec.start_timeout_seconds
+        ),
+        (1, 900, 120),
+        "the RecordingJob carries the API's job settings"
     );
 
     // Someone deletes the unfinished RecordingJob by hand: the room hears that processing was
