@@ -37,6 +37,9 @@ pub mod labels {
 pub mod annotations {
     /// Set by the API on the RecordingJobs it creates: which participant stopped the recording.
     pub const STOPPED_BY: &str = "mixdown.dev/stopped-by";
+    /// Set by the operator on the Jobs it creates: the RecordingJob's `metadata.generation` the
+    /// Job was built from, so that a later edit of the spec is seen as not applied.
+    pub const SPEC_GENERATION: &str = "mixdown.dev/spec-generation";
 }
 
 /// Server-side apply field managers. Each writer owns its own fields: the operator owns the
@@ -49,6 +52,8 @@ pub mod field_managers {
 
 /// `type` of the conditions in `status.conditions`.
 pub mod conditions {
+    /// Whether the Job runs the spec as it stands: False after an edit the Job cannot take.
+    pub const SPEC_APPLIED: &str = "SpecApplied";
     /// Every track was sealed by its uploader (True), or processing waits for some (False,
     /// WaitingForUploads), or started without them (False, UploadTimeout).
     pub const UPLOADS_COMPLETE: &str = "UploadsComplete";
@@ -64,6 +69,10 @@ pub mod conditions {
 
 /// `reason` values of conditions, of `status.reason` and of Events.
 pub mod reasons {
+    /// The spec was edited after its Job was made; the running Job keeps the earlier spec.
+    pub const SPEC_CHANGE_NOT_APPLIED: &str = "SpecChangeNotApplied";
+    /// The Job runs the RecordingJob's spec as it stands.
+    pub const SPEC_APPLIED: &str = "SpecApplied";
     /// Tracks are still unsealed; the message names them.
     pub const WAITING_FOR_UPLOADS: &str = "WaitingForUploads";
     /// Every track is sealed.

@@ -874,6 +874,23 @@ impl Context {
         if refused_again {
             events.push(failed_event());
         }
+        // A spec edit the Job cannot take (or one after the end), once per edit.
+        let not_applied = |s: &RecordingJobStatus| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == conditions::SPEC_APPLIED && c.status == "False")
+                .map(|c| c.message.clone())
+        };
+        if let Some(message) = not_applied(desired)
+            && not_applied(previous).as_ref() != Some(&message)
+        {
+            events.push(event(
+                EventType::Warning,
+                reasons::SPEC_CHANGE_NOT_APPLIED,
+                "IgnoreSpecChange",
+                capitalize(&message),
+            ));
+        }
         // A Job deleted by hand, while its Pods are still there.
         if !after.is_some_and(Phase::is_finished)
             && desired.reason.as_deref() == Some(reasons::JOB_DELETED)
@@ -1042,7 +1059,10 @@ fn trim_recording_job(guard: &mut Guarded) {
 
 fn trim_job(job: &mut Job) {
     job.metadata.managed_fields = None;
-    job.metadata.annotations = None;
+    // Only the spec generation it was built from is read.
+    if let Some(annotations) = job.metadata.annotations.as_mut() {
+        annotations.retain(|k, _| k == mixdown_crds::names::annotations::SPEC_GENERATION);
+    }
     if let Some(spec) = job.spec.as_mut() {
         spec.template = PodTemplateSpec::default();
         spec.selector = None;

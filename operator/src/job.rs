@@ -256,11 +256,18 @@ pub fn build_job(rj: &RecordingJob, config: &Config) -> Result<Job> {
         ..PodSpec::default()
     };
 
+    let annotations = rj.metadata.generation.map(|generation| {
+        std::collections::BTreeMap::from([(
+            mixdown_crds::names::annotations::SPEC_GENERATION.to_string(),
+            generation.to_string(),
+        )])
+    });
     Ok(Job {
         metadata: ObjectMeta {
             name: Some(name),
             namespace: Some(namespace),
             labels: Some(labels.clone()),
+            annotations,
             owner_references: Some(vec![owner]),
             ..ObjectMeta::default()
         },
@@ -366,6 +373,16 @@ pub fn ownership(job: &Job, rj: &RecordingJob) -> Ownership {
         "Job {name} exists and is not controlled by this RecordingJob ({whose}); delete that Job \
          or give the RecordingJob another name"
     ))
+}
+
+/// The RecordingJob generation `job` was built from, when the operator that made it said so.
+pub fn spec_generation(job: &Job) -> Option<i64> {
+    job.metadata
+        .annotations
+        .as_ref()?
+        .get(mixdown_crds::names::annotations::SPEC_GENERATION)?
+        .parse()
+        .ok()
 }
 
 /// Whether `job` is controlled by `rj` (and not by an earlier RecordingJob of the same name).

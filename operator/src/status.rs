@@ -59,10 +59,28 @@ pub fn derive_status(
     if let Some(previous) = previous
         && is_final(rj)
     {
-        return RecordingJobStatus {
+        let mut status = RecordingJobStatus {
             progress: None,
             ..previous.clone()
         };
+        // Edited after it finished: nothing runs again, and the status says so.
+        if let (Some(current), Some(judged)) = (generation, previous.observed_generation)
+            && current != judged
+        {
+            let mut conds = Conditions::keeping(Some(previous), generation, now);
+            conds.set(
+                conditions::SPEC_APPLIED,
+                false,
+                reasons::SPEC_CHANGE_NOT_APPLIED,
+                &format!(
+                    "the spec was edited (generation {current}) after the RecordingJob finished \
+                     at generation {judged}; nothing is processed again. To process the \
+                     recording with the new spec, create the RecordingJob again"
+                ),
+            );
+            status.conditions = conds.into_vec();
+        }
+        return status;
     }
 
     let mut status = RecordingJobStatus {
@@ -100,6 +118,29 @@ pub fn derive_status(
 
     let job_name = job.name_any();
     status.job_name = Some(job_name.clone());
+    // The Job runs the spec it was built from; an edit since is not applied, and is not claimed
+    // as observed.
+    if let Some(built_from) = crate::job::spec_generation(job) {
+        status.observed_generation = Some(built_from);
+        match generation {
+            Some(current) if current != built_from => conds.set(
+                conditions::SPEC_APPLIED,
+                false,
+                reasons::SPEC_CHANGE_NOT_APPLIED,
+                &format!(
+                    "the spec was edited (generation {current}) after Job {job_name} was made \
+                     from generation {built_from}; the Job keeps generation {built_from}'s spec. \
+                     To process the recording with the new spec, create the RecordingJob again"
+                ),
+            ),
+            _ => conds.set(
+                conditions::SPEC_APPLIED,
+                true,
+                reasons::SPEC_APPLIED,
+                &format!("Job {job_name} runs generation {built_from}'s spec"),
+            ),
+        }
+    }
     let job_status = job.status.as_ref();
     status.start_time = job_status.and_then(|s| s.start_time.clone());
     conds.set(
@@ -1414,5 +1455,79 @@ spec:
                 .message
                 .contains("was deleted after the worker finished")
         );
+    }
+
+    #[test]
+    fn a_spec_edit_after_the_job_is_made_is_said_not_applied_and_not_claimed_observed() {
+        let mut built = job("rec-1", "job-uid", PENDING_JOB);
+        built.metadata.annotations = Some(std::collections::BTreeMap::from([(
+            "mixdown.dev/spec-generation".to_string(),
+            "1".to_string(),
+        )]));
+        let running = pod("rec-1-a", "job-uid", "Running", "{running: {}}");
+        let applied = |status: &RecordingJobStatus| {
+            condition(status, "SpecApplied").map(|c| (c.status.clone(), c.reason.clone()))
+        };
+
+        let rj = recording_job(RJ);
+        let status = derive_status(
+            &rj,
+            Some(&built),
+            &[&running],
+            None,
+            &Admission::Admitted,
+            now(),
+        );
+        assert_eq!(status.observed_generation, Some(1));
+        assert_eq!(
+            applied(&status),
+            Some(("True".into(), "SpecApplied".into()))
+        );
+
+        let mut edited = rj.clone();
+        edited.metadata.generation = Some(2);
+        let status = derive_status(
+            &edited,
+            Some(&built),
+            &[&running],
+            None,
+            &Admission::Admitted,
+            now(),
+        );
+        assert_eq!(status.phase, Some(Phase::Running));
+        assert_eq!(
+            status.observed_generation,
+            Some(1),
+            "the edit is not claimed as observed"
+        );
+        assert_eq!(
+            applied(&status),
+            Some(("False".into(), "SpecChangeNotApplied".into()))
+        );
+        let message = &condition(&status, "SpecApplied").unwrap().message;
+        assert!(
+            message.starts_with(
+                "the spec was edited (generation 2) after Job rec-1 was made from generation 1"
+            ),
+            "{message}"
+        );
+
+        // After the end: the status stays final, and says the edit changed nothing.
+        let done = rj_with_status(
+            "{phase: Succeeded, jobName: rec-1, observedGeneration: 1, conditions: [{type: Complete, status: 'True', reason: Completed, message: done, lastTransitionTime: '2026-01-01T10:04:00Z'}]}",
+        );
+        let mut edited_after = done.clone();
+        edited_after.metadata.generation = Some(2);
+        let status = derive_status(&edited_after, None, &[], None, &Admission::Admitted, now());
+        assert_eq!(status.phase, Some(Phase::Succeeded));
+        assert_eq!(status.observed_generation, Some(1));
+        assert_eq!(condition(&status, "Complete").unwrap().status, "True");
+        assert_eq!(
+            applied(&status),
+            Some(("False".into(), "SpecChangeNotApplied".into()))
+        );
+        // Unedited, nothing is added.
+        let status = derive_status(&done, None, &[], None, &Admission::Admitted, now());
+        assert_eq!(applied(&status), None);
     }
 }

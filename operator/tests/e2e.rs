@@ -887,3 +887,71 @@ async fn a_job_deleted_by_hand_is_never_replaced_while_its_worker_may_run() {
         .collect();
     assert_eq!(uids.len(), 1, "exactly one Job was ever created");
 }
+
+/// An edit of the spec once the Job runs is not applied, and the RecordingJob says so: a
+/// SpecApplied=False condition naming both generations, a Warning Event, and an
+/// observedGeneration that stays at the generation the Job was made from.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spec_edit_after_the_job_exists_is_said_not_applied() {
+    let world = World::new(&[SLEEPING]).await;
+    let _operator = world.operator(SLEEPING.0, &[]);
+    world
+        .create_rj("edited", one_track("edited", serde_json::json!({})))
+        .await;
+    let rj = world
+        .wait_rj("edited", LONG, "Running", |s| {
+            s.phase == Some(Phase::Running)
+        })
+        .await;
+    let applied = |s: &mixdown_crds::RecordingJobStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "SpecApplied")
+            .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+    };
+    let status = rj.status.expect("status");
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(
+        applied(&status).map(|(s, r, _)| (s, r)),
+        Some(("True".to_string(), "SpecApplied".to_string()))
+    );
+
+    let edited = world
+        .rjs()
+        .patch(
+            "edited",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&serde_json::json!({"spec": {"backoffLimit": 7}})),
+        )
+        .await
+        .expect("editing the spec");
+    assert_eq!(edited.metadata.generation, Some(2));
+    let rj = world
+        .wait_rj(
+            "edited",
+            Duration::from_secs(20),
+            "SpecApplied False",
+            |s| applied(s).is_some_and(|(status, _, _)| status == "False"),
+        )
+        .await;
+    let status = rj.status.expect("status");
+    assert_eq!(status.phase, Some(Phase::Running), "{status:#?}");
+    assert_eq!(status.observed_generation, Some(1), "{status:#?}");
+    let (_, reason, message) = applied(&status).unwrap();
+    assert_eq!(reason, "SpecChangeNotApplied");
+    assert!(
+        message.starts_with(
+            "the spec was edited (generation 2) after Job edited was made from generation 1"
+        ),
+        "{message}"
+    );
+    let notes = warnings(&world, "edited", "SpecChangeNotApplied", 1).await;
+    assert!(notes[0].contains("generation 2"), "{notes:?}");
+    let jobs: Api<Job> = Api::namespaced(world.client.clone(), world.namespace());
+    let job = jobs.get("edited").await.expect("the Job");
+    assert_eq!(
+        job.spec.and_then(|s| s.backoff_limit),
+        Some(3),
+        "the Job is unchanged"
+    );
+}
