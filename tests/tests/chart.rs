@@ -415,6 +415,123 @@ fn a_value_of_the_wrong_type_is_refused_naming_the_field() {
 }
 
 #[test]
+fn worker_defaults_reach_the_api_as_its_job_settings_and_out_of_range_ones_are_refused() {
+    let job_env = |docs: &[Value]| {
+        let api = find(docs, "Deployment", "mixdown-api");
+        let env = env_of(&api["spec"]["template"]["spec"]["containers"][0]);
+        [
+            "MIXDOWN_JOB_BACKOFF_LIMIT",
+            "MIXDOWN_JOB_ACTIVE_DEADLINE_SECONDS",
+            "MIXDOWN_JOB_START_TIMEOUT_SECONDS",
+        ]
+        .map(|name| env.get(name).cloned().unwrap_or(Value::Null))
+    };
+    assert_eq!(
+        job_env(&render("mixdown", &[])),
+        [json!("3"), json!("3600"), json!("600")],
+        "the defaults are the CRD's"
+    );
+    assert_eq!(
+        job_env(&render(
+            "mixdown",
+            &[
+                "--set",
+                "worker.backoffLimit=0",
+                "--set",
+                "worker.activeDeadlineSeconds=86400",
+                "--set",
+                "worker.startTimeoutSeconds=120",
+            ]
+        )),
+        [json!("0"), json!("86400"), json!("120")]
+    );
+    let chart = chart_dir();
+    for (value, field) in [
+        ("worker.backoffLimit=11", "backoffLimit"),
+        ("worker.backoffLimit=-1", "backoffLimit"),
+        ("worker.activeDeadlineSeconds=0", "activeDeadlineSeconds"),
+        (
+            "worker.activeDeadlineSeconds=86401",
+            "activeDeadlineSeconds",
+        ),
+        ("worker.startTimeoutSeconds=0", "startTimeoutSeconds"),
+        ("worker.startTimeoutSeconds=90000", "startTimeoutSeconds"),
+    ] {
+        let err = helm_fails(&["template", "mixdown", path_str(&chart), "--set", value]);
+        assert!(
+            err.contains(field),
+            "{value} is refused naming {field}: {err}"
+        );
+    }
+}
+
+/// The `[env: NAME=...]` names `mixdown-api <args> --help` lists.
+fn env_names_in_help(args: &[&str]) -> Vec<String> {
+    let api = mixdown_testkit::bins::workspace_binary("mixdown-api", "mixdown-api");
+    let out = Command::new(api)
+        .args(args)
+        .arg("--help")
+        .env_clear()
+        .output()
+        .expect("running mixdown-api --help");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .split("[env: ")
+        .skip(1)
+        .map(|rest| {
+            rest.split(['=', ']'])
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn every_environment_variable_the_chart_gives_the_api_and_its_test_pod_is_one_they_read() {
+    let values = chart_dir().join("ci/all-on-values.yaml");
+    let docs = render("mixdown", &["--values", path_str(&values)]);
+    let api = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && kind_name(d).ends_with("-api"))
+        .expect("the API Deployment");
+    let test_pod = docs
+        .iter()
+        .find(|d| d["kind"] == "Pod" && kind_name(d).ends_with("-selftest"))
+        .expect("the helm test Pod");
+    assert_eq!(
+        test_pod["spec"]["containers"][0]["args"],
+        json!(["selftest"])
+    );
+    for (what, container, args, extra) in [
+        (
+            "the API",
+            &api["spec"]["template"]["spec"]["containers"][0],
+            &[][..],
+            // all-on-values.yaml's api.extraEnv.
+            &["RUST_LOG"][..],
+        ),
+        (
+            "mixdown-api selftest",
+            &test_pod["spec"]["containers"][0],
+            &["selftest"][..],
+            // Given to every component with the storage settings; selftest prints plain lines.
+            &["MIXDOWN_LOG_FORMAT"][..],
+        ),
+    ] {
+        let read = env_names_in_help(args);
+        let unread: Vec<String> = env_of(container)
+            .into_keys()
+            .filter(|name| !read.contains(name) && !extra.contains(&name.as_str()))
+            .collect();
+        assert!(
+            unread.is_empty(),
+            "{what} does not read {unread:?}; it reads {read:?}"
+        );
+    }
+}
+
+#[test]
 fn an_unknown_key_is_refused_naming_it() {
     let dir = tempfile::tempdir().expect("temp dir");
     // A typo a user makes: `replica` for `replicas`.
