@@ -327,6 +327,37 @@ pub struct RecordingJobStatus {
     /// The `metadata.generation` this status was derived from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+
+    /// Each retry asked for with the `mixdown.dev/retry` annotation, oldest first, with how the
+    /// run before it ended: the attempt history of a RecordingJob processed more than once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retries: Vec<Retry>,
+}
+
+/// One retry asked for with the `mixdown.dev/retry` annotation.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    /// The annotation's value that asked for it.
+    pub request: String,
+    /// When the operator acted on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Time>,
+    /// The Job of the run before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    /// Worker Pods that run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<i32>,
+    /// How that run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Set when the retry was not done, and why (a RecordingJob that succeeded is never processed
+    /// again: its chunks may be gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// Where processing is.

@@ -40,6 +40,9 @@ pub mod annotations {
     /// Set by the operator on the Jobs it creates: the RecordingJob's `metadata.generation` the
     /// Job was built from, so that a later edit of the spec is seen as not applied.
     pub const SPEC_GENERATION: &str = "mixdown.dev/spec-generation";
+    /// Set by a user on a Failed RecordingJob to process it again (any new value, e.g. the
+    /// time): its Job is replaced and the run before is kept in `status.retries`.
+    pub const RETRY: &str = "mixdown.dev/retry";
 }
 
 /// Server-side apply field managers. Each writer owns its own fields: the operator owns the
@@ -71,6 +74,10 @@ pub mod conditions {
 pub mod reasons {
     /// The spec was edited after its Job was made; the running Job keeps the earlier spec.
     pub const SPEC_CHANGE_NOT_APPLIED: &str = "SpecChangeNotApplied";
+    /// A retry asked for with `mixdown.dev/retry` started (Normal Event).
+    pub const RETRYING: &str = "Retrying";
+    /// A retry asked for with `mixdown.dev/retry` was not done (Warning Event).
+    pub const RETRY_REFUSED: &str = "RetryRefused";
     /// The Job runs the RecordingJob's spec as it stands.
     pub const SPEC_APPLIED: &str = "SpecApplied";
     /// Tracks are still unsealed; the message names them.

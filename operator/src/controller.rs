@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::events::Events;
 use crate::job::{Ownership, build_job, ownership, validate};
 use crate::metrics::Metrics;
+use crate::retry::{self, RetryPlan, plan_retry};
 use crate::slots::{Census, QueueKey, Slots, next_in_line};
 use crate::status::{
     Admission, completion_message, derive_status, is_final, job_deleted_status, needs_write,
@@ -190,6 +191,62 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
     }
 
     // A Job this RecordingJob had is gone while its status is not final: deleted by hand.
+    // A retry the user asked for (the `mixdown.dev/retry` annotation on a Failed RecordingJob).
+    let ours = job.as_deref().filter(|_| foreign.is_none());
+    match plan_retry(&view, ours, jiff::Timestamp::now()) {
+        RetryPlan::Nothing => {}
+        RetryPlan::DeleteJob => {
+            if let Some(job) = ours {
+                ctx.delete_job(job, "the Job of the failed run, for a retry")
+                    .await?;
+            }
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+        RetryPlan::WaitForJob => return Ok(Action::requeue(Duration::from_secs(1))),
+        RetryPlan::Start(fresh) => {
+            let request = retry::requested(rj).unwrap_or_default().to_string();
+            ctx.apply_status(&namespace, &name, &fresh).await?;
+            ctx.metrics.status_writes.inc();
+            // The last attempt's progress is the worker's field: it goes too.
+            ctx.clear_stale_progress(&namespace, &name).await?;
+            lock(&ctx.applied).insert(uid.clone(), (fresh, Instant::now()));
+            info!(%request, "retrying as asked");
+            ctx.events.publish(
+                rj.object_ref(&()),
+                vec![event(
+                    EventType::Normal,
+                    reasons::RETRYING,
+                    "Retry",
+                    format!(
+                        "Retrying as asked ({}={request}); the run before is kept in status.retries",
+                        mixdown_crds::names::annotations::RETRY
+                    ),
+                )],
+            );
+            return Ok(Action::requeue(Duration::from_millis(100)));
+        }
+        RetryPlan::Refuse(refused) => {
+            let why = refused
+                .retries
+                .last()
+                .and_then(|r| r.refused.clone())
+                .unwrap_or_default();
+            ctx.apply_status(&namespace, &name, &refused).await?;
+            ctx.metrics.status_writes.inc();
+            lock(&ctx.applied).insert(uid.clone(), (refused, Instant::now()));
+            ctx.events.publish(
+                rj.object_ref(&()),
+                vec![event(
+                    EventType::Warning,
+                    reasons::RETRY_REFUSED,
+                    "Retry",
+                    format!("Retry not done: {why}"),
+                )],
+            );
+            return Ok(Action::await_change());
+        }
+    }
+
     // A Job on its way out counts as gone: once it has a deletionTimestamp, garbage collection
     // may already be taking its Pods away (or orphaning them), so it no longer tells the story.
     let terminating = job
@@ -304,7 +361,8 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
             ctx.announce(rj, &previous, &desired, created.then_some(&name));
             previous = desired.clone();
         }
-        ctx.delete_unstarted_job(job).await?;
+        ctx.delete_job(job, "the Job whose worker Pod never started")
+            .await?;
     }
 
     if needs_write(Some(&previous), &desired) {
@@ -790,8 +848,8 @@ impl Context {
         }
     }
 
-    /// Deletes the Job of a RecordingJob whose worker never started, with its Pods.
-    async fn delete_unstarted_job(&self, job: &Job) -> Result<()> {
+    /// Deletes `job` with its Pods (in the background); `what` says which Job, for the log.
+    async fn delete_job(&self, job: &Job, what: &'static str) -> Result<()> {
         let (namespace, name) = (job.namespace().unwrap_or_default(), job.name_any());
         let api: Api<Job> = Api::namespaced(self.client.clone(), &namespace);
         let params = DeleteParams {
@@ -804,13 +862,11 @@ impl Context {
         };
         match api.delete(&name, &params).await {
             Ok(_) => {
-                info!(job = %name, "deleted the Job whose worker Pod never started");
+                info!(job = %name, "deleted {what}");
                 Ok(())
             }
             Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
-            Err(error) => Err(Error::kube("deleting the Job whose Pod never started")(
-                error,
-            )),
+            Err(error) => Err(Error::kube("deleting a Job")(error)),
         }
     }
 

@@ -14,6 +14,7 @@ pub mod http;
 pub mod job;
 pub mod leader;
 pub mod metrics;
+pub mod retry;
 pub mod slots;
 pub mod status;
 pub mod telemetry;

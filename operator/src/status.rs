@@ -85,6 +85,8 @@ pub fn derive_status(
 
     let mut status = RecordingJobStatus {
         observed_generation: generation,
+        // The runs before a retry: history, never derived again.
+        retries: previous.map(|p| p.retries.clone()).unwrap_or_default(),
         ..RecordingJobStatus::default()
     };
     let mut conds = Conditions::new(previous, generation, now);

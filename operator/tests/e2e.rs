@@ -955,3 +955,128 @@ async fn a_spec_edit_after_the_job_exists_is_said_not_applied() {
         "the Job is unchanged"
     );
 }
+
+/// A recording that failed for a cause the user can fix (a chunk missing from storage) is
+/// processed again once fixed, by annotating the RecordingJob: its failed Job is replaced, the run
+/// before stays in status.retries, and the files are made. A retry of a RecordingJob that
+/// succeeded is refused with a Warning Event and no Job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_recording_job_is_retried_by_annotation_after_the_cause_is_fixed() {
+    let world = World::new(&[]).await;
+    let _operator = world.operator(WORKER_IMAGE, &[]);
+    let jobs_seen = world.record_jobs();
+    let chunks = recording(6, "320x240").await;
+    let n = chunks.len();
+    let prefix = world
+        .upload_track("room1", "again", "alice", &chunks, &[1])
+        .await;
+    world
+        .create_rj(
+            "again",
+            spec(
+                "room1",
+                "again",
+                &[("alice", &prefix, n)],
+                serde_json::json!({}),
+            ),
+        )
+        .await;
+    let rj = world
+        .wait_rj("again", LONG, "Failed", |s| s.phase == Some(Phase::Failed))
+        .await;
+    let failed = rj.status.expect("status");
+    assert_eq!(
+        failed.reason.as_deref(),
+        Some("MissingChunk"),
+        "{failed:#?}"
+    );
+
+    // The cause fixed: the missing chunk uploaded. Then the retry asked for.
+    world
+        .upload_track("room1", "again", "alice", &chunks, &[])
+        .await;
+    let annotate = |value: &str| serde_json::json!({"metadata": {"annotations": {"mixdown.dev/retry": value}}});
+    world
+        .rjs()
+        .patch(
+            "again",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&annotate("first")),
+        )
+        .await
+        .expect("asking for a retry");
+    let rj = world
+        .wait_rj("again", LONG, "Succeeded", |s| {
+            s.phase == Some(Phase::Succeeded)
+        })
+        .await;
+    let status = rj.status.expect("status");
+    assert_eq!(status.outputs.len(), 1, "{status:#?}");
+    assert_eq!(status.attempts, Some(1));
+    assert_eq!(status.retries.len(), 1, "{status:#?}");
+    let before = &status.retries[0];
+    assert_eq!(before.request, "first");
+    assert_eq!(before.reason.as_deref(), Some("MissingChunk"));
+    assert_eq!(before.attempts, Some(1));
+    assert_eq!(before.job_name.as_deref(), Some("again"));
+    assert!(before.refused.is_none());
+    let uids: std::collections::BTreeSet<String> = jobs_seen
+        .values()
+        .iter()
+        .filter_map(|j| j.metadata.uid.clone())
+        .collect();
+    assert_eq!(uids.len(), 2, "the failed Job was replaced by one new Job");
+    let notes = {
+        let events: Api<Event> = Api::namespaced(world.client.clone(), world.namespace());
+        world
+            .eventually(Duration::from_secs(30), "a Retrying Event", || {
+                let events = events.clone();
+                async move {
+                    let list = events.list(&ListParams::default()).await.ok()?;
+                    let notes: Vec<String> = list
+                        .items
+                        .into_iter()
+                        .filter(|e| e.reason.as_deref() == Some("Retrying"))
+                        .filter_map(|e| e.note)
+                        .collect();
+                    (!notes.is_empty()).then_some(notes)
+                }
+            })
+            .await
+    };
+    assert!(notes[0].contains("mixdown.dev/retry=first"), "{notes:?}");
+
+    // A success is never processed again.
+    world
+        .rjs()
+        .patch(
+            "again",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&annotate("second")),
+        )
+        .await
+        .expect("asking for another retry");
+    let rj = world
+        .wait_rj("again", Duration::from_secs(20), "the retry refused", |s| {
+            s.retries.len() == 2
+        })
+        .await;
+    let status = rj.status.expect("status");
+    assert_eq!(status.phase, Some(Phase::Succeeded));
+    assert!(
+        status.retries[1]
+            .refused
+            .as_deref()
+            .is_some_and(|r| r.contains("never processed again")),
+        "{status:#?}"
+    );
+    let notes = warnings(&world, "again", "RetryRefused", 1).await;
+    assert!(notes[0].contains("succeeded"), "{notes:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let uids: std::collections::BTreeSet<String> = jobs_seen
+        .values()
+        .iter()
+        .filter_map(|j| j.metadata.uid.clone())
+        .collect();
+    assert_eq!(uids.len(), 2, "no Job for a refused retry");
+}
