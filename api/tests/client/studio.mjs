@@ -83,6 +83,9 @@ try {
       if (text.trim() && !result.errorsSeen[name].includes(text.trim())) result.errorsSeen[name].push(text.trim());
     }
   };
+  // The wall time from the record click to the stop click bounds how long the files can be; on
+  // a loaded machine it runs past `seconds` (pages and screenshots answer late).
+  const recordClicked = Date.now();
   await host.click('#record');
   for (const [name, page] of Object.entries(pages)) {
     await page.waitForSelector('tr[data-stage="recording"]', { timeout: 30000 });
@@ -101,6 +104,7 @@ try {
   }
   await Promise.all(Object.keys(pages).map((name) => shot(name, 'recording')));
   await host.click('#stop');
+  result.recordedSeconds = (Date.now() - recordClicked) / 1000;
 
   if (scenario === 'reload') {
     // Chunks are still queued on the guest's page: it warns before unloading, and is reloaded.
