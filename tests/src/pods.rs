@@ -109,11 +109,7 @@ impl PodRunner {
     /// Registers the Node and starts watching the namespace's Pods, on the caller's runtime.
     pub async fn start(self) -> Result<PodRunnerHandle> {
         static NEXT: AtomicU32 = AtomicU32::new(1);
-        let node = format!(
-            "pod-runner-{}-{}",
-            self.namespace,
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let node = node_name(&self.namespace, NEXT.fetch_add(1, Ordering::Relaxed));
         let dir = children::temp_dir("mixdown-pods-")?;
         if self.images.values().any(|l| matches!(l, Launch::Podman)) {
             let _ = tokio::task::spawn_blocking(podman::remove_stale_containers).await;
@@ -159,6 +155,14 @@ impl PodRunner {
             task: Some(task),
         })
     }
+}
+
+/// The runner's Node name: unique by `n`, and, since it is also the Node's
+/// `kubernetes.io/hostname` label, at most 63 characters (a long namespace is cut).
+fn node_name(namespace: &str, n: u32) -> String {
+    let mut name = format!("pod-runner-{n}-{namespace}");
+    name.truncate(63);
+    name.trim_end_matches('-').to_string()
 }
 
 /// A running pod runner. Dropping it (or [`PodRunnerHandle::stop`]) kills every process and
@@ -493,5 +497,26 @@ async fn bind(runner: &Runner, pod: &Pod) {
         // Another event already bound it, or it is gone.
         Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {}
         Err(e) => tracing::warn!(pod = %name, error = %e, "pod runner: binding failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_name;
+
+    #[test]
+    fn node_names_fit_the_hostname_label_and_stay_unique() {
+        let long = "a-long-test-name-that-fills-a-namespace-name-to-the-brim-12";
+        let names: Vec<String> = (9..12).map(|n| node_name(long, n)).collect();
+        for name in &names {
+            assert!(name.len() <= 63, "{name} is {} characters", name.len());
+            assert!(!name.ends_with('-'), "{name}");
+        }
+        assert_eq!(
+            names[0],
+            "pod-runner-9-a-long-test-name-that-fills-a-namespace-name-to-th"
+        );
+        assert_ne!(names[1], names[2]);
+        assert_eq!(node_name("ns", 1), "pod-runner-1-ns");
     }
 }
