@@ -154,6 +154,25 @@ fn one_track(name: &str, extra: serde_json::Value) -> serde_json::Value {
     spec("room1", name, &[("alice", &prefix, 3)], extra)
 }
 
+/// Merge-patches RecordingJob `name` as `kubectl patch --type merge` does; `what` says why, for
+/// a failure.
+async fn merge_patch(
+    world: &World,
+    name: &str,
+    patch: serde_json::Value,
+    what: &str,
+) -> mixdown_crds::RecordingJob {
+    world
+        .rjs()
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what} ({name}): {e}"))
+}
+
 async fn job_names(world: &World) -> Vec<String> {
     let jobs: Api<Job> = Api::namespaced(world.client.clone(), world.namespace());
     jobs.list(&ListParams::default())
@@ -280,15 +299,7 @@ async fn the_status_is_not_rewritten_when_nothing_changed() {
         let before = operator.metric(done).await.expect("the reconcile metric");
         let patch =
             serde_json::json!({"metadata": {"annotations": {"test/round": round.to_string()}}});
-        let touched = world
-            .rjs()
-            .patch(
-                "steady",
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(&patch),
-            )
-            .await
-            .expect("touching the RecordingJob");
+        let touched = merge_patch(&world, "steady", patch, "touching the RecordingJob").await;
         let touched_version = touched.metadata.resource_version.clone();
         world
             .eventually(LONG, "a reconcile after the touch", || async {
@@ -609,15 +620,7 @@ async fn a_job_the_api_server_refuses_fails_the_recording_job_until_the_spec_cha
     // An edit is judged again: a quantity that does not parse is refused too, at the new
     // generation, with an Event of its own.
     let edit = |cpu: &str| serde_json::json!({"spec": {"resources": {"requests": {"cpu": cpu}}}});
-    let edited = world
-        .rjs()
-        .patch(
-            "greedy",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&edit("lots")),
-        )
-        .await
-        .expect("editing the spec");
+    let edited = merge_patch(&world, "greedy", edit("lots"), "editing the spec").await;
     let generation = edited.metadata.generation;
     let rj = world
         .wait_rj("greedy", Duration::from_secs(20), "Failed again", |s| {
@@ -636,15 +639,7 @@ async fn a_job_the_api_server_refuses_fails_the_recording_job_until_the_spec_cha
     assert!(job_names(&world).await.is_empty());
 
     // A valid spec gets its Job.
-    world
-        .rjs()
-        .patch(
-            "greedy",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&edit("500m")),
-        )
-        .await
-        .expect("fixing the spec");
+    merge_patch(&world, "greedy", edit("500m"), "fixing the spec").await;
     let rj = world
         .wait_rj("greedy", LONG, "Running", |s| {
             s.phase == Some(Phase::Running)
@@ -916,15 +911,13 @@ async fn a_spec_edit_after_the_job_exists_is_said_not_applied() {
         Some(("True".to_string(), "SpecApplied".to_string()))
     );
 
-    let edited = world
-        .rjs()
-        .patch(
-            "edited",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&serde_json::json!({"spec": {"backoffLimit": 7}})),
-        )
-        .await
-        .expect("editing the spec");
+    let edited = merge_patch(
+        &world,
+        "edited",
+        serde_json::json!({"spec": {"backoffLimit": 7}}),
+        "editing the spec",
+    )
+    .await;
     assert_eq!(edited.metadata.generation, Some(2));
     let rj = world
         .wait_rj(
@@ -996,15 +989,7 @@ async fn a_failed_recording_job_is_retried_by_annotation_after_the_cause_is_fixe
         .upload_track("room1", "again", "alice", &chunks, &[])
         .await;
     let annotate = |value: &str| serde_json::json!({"metadata": {"annotations": {"mixdown.dev/retry": value}}});
-    world
-        .rjs()
-        .patch(
-            "again",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&annotate("first")),
-        )
-        .await
-        .expect("asking for a retry");
+    merge_patch(&world, "again", annotate("first"), "asking for a retry").await;
     let rj = world
         .wait_rj("again", LONG, "Succeeded", |s| {
             s.phase == Some(Phase::Succeeded)
@@ -1047,15 +1032,13 @@ async fn a_failed_recording_job_is_retried_by_annotation_after_the_cause_is_fixe
     assert!(notes[0].contains("mixdown.dev/retry=first"), "{notes:?}");
 
     // A success is never processed again.
-    world
-        .rjs()
-        .patch(
-            "again",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&annotate("second")),
-        )
-        .await
-        .expect("asking for another retry");
+    merge_patch(
+        &world,
+        "again",
+        annotate("second"),
+        "asking for another retry",
+    )
+    .await;
     let rj = world
         .wait_rj("again", Duration::from_secs(20), "the retry refused", |s| {
             s.retries.len() == 2
