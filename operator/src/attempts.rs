@@ -60,6 +60,8 @@ pub struct Attempt {
     pub running: bool,
     /// The Pod is done: its container terminated, or the Pod itself ended (evicted, say).
     pub finished: bool,
+    /// When the worker container started (its running or terminated state says).
+    pub started_at: Option<Time>,
     pub ended: Option<Ended>,
 }
 
@@ -121,6 +123,10 @@ fn attempt(pod: &Pod) -> Attempt {
         started,
         running,
         finished: ended.is_some() || matches!(phase, "Succeeded" | "Failed"),
+        started_at: state
+            .and_then(|s| s.running.as_ref())
+            .and_then(|r| r.started_at.clone())
+            .or_else(|| terminated.and_then(|t| t.started_at.clone())),
         ended,
     }
 }

@@ -78,7 +78,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             state.set_ready(true);
             info!(lease = %lease.name, identity = %lease.identity, "waiting to become the leader");
             tokio::select! {
-                acquired = leader::acquire(client.clone(), lease) => Some(acquired?),
+                acquired = leader::acquire(client.clone(), lease) => {
+                    // Leading now: not ready until this replica's caches are filled
+                    // (controller::run says when).
+                    state.set_ready(false);
+                    Some(acquired?)
+                }
                 () = &mut shutdown => {
                     let _ = stop_http.send(());
                     return Ok(ExitCode::SUCCESS);
@@ -87,6 +92,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+
+    metrics.leader.set(1);
 
     let settings = Settings {
         config: Config::from(&args),

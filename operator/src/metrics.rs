@@ -38,6 +38,8 @@ pub struct Metrics {
     pub jobs_created: Counter,
     pub status_writes: Counter,
     pub status_writes_held_back: Counter,
+    /// 1 while this replica holds the Lease (or runs without leader election), else 0.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -55,6 +57,7 @@ impl Default for Metrics {
             jobs_created: Counter::default(),
             status_writes: Counter::default(),
             status_writes_held_back: Counter::default(),
+            leader: Gauge::default(),
         };
         // Every series exists from the start, at zero: a rate over a counter that appears with
         // its first increment misses that increment, and an absent series looks like a scrape
@@ -108,6 +111,11 @@ impl Metrics {
             "status_writes",
             "RecordingJob statuses applied",
             self.status_writes.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica leads (holds the Lease), else 0",
+            self.leader.clone(),
         );
         registry.register(
             "status_writes_held_back",
@@ -199,6 +207,7 @@ mod tests {
         for line in [
             "mixdown_operator_reconciles_total 0",
             "mixdown_operator_jobs_created_total 0",
+            "mixdown_operator_leader 0",
             "mixdown_operator_processing_seconds_count{result=\"succeeded\"} 0",
             "mixdown_operator_processing_seconds_count{result=\"failed\"} 0",
         ] {

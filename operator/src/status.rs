@@ -144,7 +144,6 @@ pub fn derive_status(
         }
     }
     let job_status = job.status.as_ref();
-    status.start_time = job_status.and_then(|s| s.start_time.clone());
     conds.set(
         conditions::QUEUED,
         false,
@@ -154,6 +153,20 @@ pub fn derive_status(
 
     let attempts = attempts(job, pods);
     let started = attempts.iter().filter(|a| a.started).count();
+    // When the first worker started, not when the Job object was made: a Pod waiting for its
+    // image or its node is not processing. Once its Pod is gone (a deadline deletes it), the start
+    // seen before stays; a Pod that ran without container states falls back to the Job's start.
+    let counted_so_far = job_status.map_or(0, |s| s.failed.unwrap_or(0) + s.succeeded.unwrap_or(0));
+    status.start_time = attempts
+        .iter()
+        .filter_map(|a| a.started_at.clone())
+        .min_by_key(|t| t.0)
+        .or_else(|| previous.and_then(|p| p.start_time.clone()))
+        .or_else(|| {
+            (started > 0 || counted_so_far > 0)
+                .then(|| job_status.and_then(|s| s.start_time.clone()))
+                .flatten()
+        });
     let counted = job_status.map_or(0, |s| s.failed.unwrap_or(0) + s.succeeded.unwrap_or(0));
     status.attempts = Some(i32::try_from(started).unwrap_or(i32::MAX).max(counted));
 
@@ -233,10 +246,19 @@ pub fn derive_status(
             reasons::POD_RUNNING,
             &format!("attempt {attempt} of at most {limit}"),
         );
+        // An earlier attempt's failure is history: said as such, not as the current state.
         if let Some(last) = last_failure {
             let (reason, message) = last.failure();
             status.reason = Some(reason);
-            status.message = Some(message);
+            let running = attempts.iter().any(|a| a.running);
+            status.message = Some(if running {
+                format!("attempt {attempt} is running; the previous one failed: {message}")
+            } else {
+                format!(
+                    "attempt {attempt} failed: {message}; the Job starts the next one (at most \
+                     {limit} in all)"
+                )
+            });
         }
     } else {
         // No worker has started yet: say what holds it up, and give up at the start deadline.
@@ -1150,6 +1172,7 @@ spec:
             started: true,
             running: true,
             finished: false,
+            started_at: None,
             ended: None,
         };
         let stale = with_progress("2026-01-01T10:00:30Z");
@@ -1531,5 +1554,88 @@ spec:
         // Unedited, nothing is added.
         let status = derive_status(&done, None, &[], None, &Admission::Admitted, now());
         assert_eq!(applied(&status), None);
+    }
+
+    #[test]
+    fn start_time_is_when_the_worker_started_and_an_earlier_failure_is_said_as_such() {
+        let rj = recording_job(RJ);
+        let mut job = job(
+            "rec-1",
+            "job-uid",
+            "{startTime: '2026-01-01T10:00:00Z', active: 1, failed: 1}",
+        );
+        job.spec.as_mut().unwrap().backoff_limit = Some(2);
+        let first = pod(
+            "rec-1-a",
+            "job-uid",
+            "Failed",
+            &format!(
+                "{{terminated: {{exitCode: 1, startedAt: '2026-01-01T10:00:40Z', finishedAt: '2026-01-01T10:01:00Z', message: {STORAGE_REPORT}}}}}"
+            ),
+        );
+        let second = pod_created(
+            "rec-1-b",
+            "job-uid",
+            "Running",
+            "{running: {startedAt: '2026-01-01T10:02:10Z'}}",
+            "2026-01-01T10:02:00Z",
+        );
+        let status = derive_status(
+            &rj,
+            Some(&job),
+            &[&first, &second],
+            None,
+            &Admission::Admitted,
+            now(),
+        );
+        assert_eq!(
+            status.start_time,
+            Some(Time("2026-01-01T10:00:40Z".parse().unwrap())),
+            "the first worker's start, not the Job's creation"
+        );
+        assert_eq!(status.reason.as_deref(), Some("StorageError"));
+        assert_eq!(
+            status.message.as_deref(),
+            Some("attempt 2 is running; the previous one failed: connection refused")
+        );
+
+        // Between two attempts.
+        let status = derive_status(
+            &rj,
+            Some(&job),
+            &[&first],
+            None,
+            &Admission::Admitted,
+            now(),
+        );
+        assert_eq!(
+            status.message.as_deref(),
+            Some(
+                "attempt 1 failed: connection refused; the Job starts the next one (at most 3 in all)"
+            )
+        );
+
+        // A Pod still waiting to start has no start time.
+        let waiting = pod(
+            "rec-1-a",
+            "job-uid",
+            "Pending",
+            "{waiting: {reason: ContainerCreating}}",
+        );
+        let pending = job_fixture_active();
+        let status = derive_status(
+            &rj,
+            Some(&pending),
+            &[&waiting],
+            None,
+            &Admission::Admitted,
+            now(),
+        );
+        assert_eq!(status.phase, Some(Phase::Pending));
+        assert_eq!(status.start_time, None);
+    }
+
+    fn job_fixture_active() -> Job {
+        job("rec-1", "job-uid", PENDING_JOB)
     }
 }

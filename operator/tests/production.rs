@@ -89,6 +89,9 @@ async fn of_two_replicas_one_reconciles_and_the_other_takes_over_when_it_dies() 
         "the standby must not reconcile while the leader holds the Lease"
     );
     assert_eq!(lease_holder(&world).await.as_deref(), Some("replica-a"));
+    // The leader gauge says which replica leads.
+    assert_eq!(leader.metric("mixdown_operator_leader").await, Some(1.0));
+    assert_eq!(standby.metric("mixdown_operator_leader").await, Some(0.0));
 
     // SIGKILL: no release, the standby must wait for the Lease to expire.
     leader.kill();
@@ -173,17 +176,25 @@ async fn metrics_and_health_endpoints_tell_what_the_operator_did() {
     let world = World::new(&[FAILING]).await;
     let operator = world.operator(FAILING.0, &[]);
     operator.wait_up().await;
+    // Ready once it leads and its caches are filled; healthy all along.
     for path in ["/healthz", "/readyz"] {
         let url = operator.metrics_url.replace("/metrics", path);
-        let response = reqwest::get(&url)
-            .await
-            .expect("the health endpoint answers");
-        assert!(
-            response.status().is_success(),
-            "{path}: {}",
-            response.status()
-        );
+        world
+            .eventually(
+                Duration::from_secs(30),
+                &format!("{path} answering 200"),
+                || async {
+                    let response = reqwest::get(&url).await.ok()?;
+                    response.status().is_success().then_some(())
+                },
+            )
+            .await;
     }
+    assert_eq!(
+        operator.metric("mixdown_operator_leader").await,
+        Some(1.0),
+        "the only replica leads"
+    );
 
     // One RecordingJob fails for good; another finds a Job of its name that it does not own,
     // which the operator cannot resolve by itself: it fails with JobConflict, counted once.
