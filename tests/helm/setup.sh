@@ -41,7 +41,9 @@ make sure \`go\` is on PATH, then run this script again. Or point MIXDOWN_HELM a
 build() {
     local work
     work="$(mktemp -d "${TMPDIR:-/tmp}/mixdown-helm-build.XXXXXX")"
-    trap 'rm -rf "$work"' EXIT
+    # Expanded now: the trap runs after this function's locals are gone (and under set -u).
+    # shellcheck disable=SC2064
+    trap "rm -rf '$work'" EXIT
     log "building $MODULE/cmd/helm@$VERSION with $(go version) (a few minutes on 2 cores)"
     local started=$SECONDS
     # `go install module@version` builds exactly the module's own go.mod and go.sum, the dependency
