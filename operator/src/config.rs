@@ -119,8 +119,18 @@ pub struct Args {
     pub lease_duration_seconds: u64,
 
     /// Seconds between renewals by the leader (and attempts by a standby).
-    #[arg(long, env = "MIXDOWN_LEASE_RENEW_SECONDS", default_value_t = 5)]
+    #[arg(long, env = "MIXDOWN_LEASE_RENEW_SECONDS", default_value_t = 2)]
     pub lease_renew_seconds: u64,
+
+    /// Seconds the leader keeps reconciling without a successful renewal, every call included;
+    /// then it exits. Must lie between the renew interval and the lease duration, so a leader cut
+    /// off from the API server stops before a standby may take over.
+    #[arg(
+        long,
+        env = "MIXDOWN_LEASE_RENEW_DEADLINE_SECONDS",
+        default_value_t = 10
+    )]
+    pub lease_renew_deadline_seconds: u64,
 
     /// How many RecordingJobs are reconciled at the same time.
     #[arg(long, env = "MIXDOWN_RECONCILE_CONCURRENCY", default_value_t = 128)]
@@ -215,6 +225,7 @@ impl Args {
             identity,
             lease_duration: Duration::from_secs(self.lease_duration_seconds.max(1)),
             renew_interval: Duration::from_secs(self.lease_renew_seconds.max(1)),
+            renew_deadline: Duration::from_secs(self.lease_renew_deadline_seconds.max(1)),
         })
     }
 }
@@ -239,6 +250,13 @@ mod tests {
         assert_eq!(args.worker_service_account, "mixdown-worker");
         assert_eq!(args.log_format, LogFormat::Json);
         assert!(args.leader_election);
+        let lease = args
+            .lease_config()
+            .expect("leader election is on by default");
+        assert_eq!(lease.lease_duration, Duration::from_secs(15));
+        assert_eq!(lease.renew_deadline, Duration::from_secs(10));
+        assert_eq!(lease.renew_interval, Duration::from_secs(2));
+        lease.validate().expect("the defaults are consistent");
         let config = Config::from(&args);
         assert_eq!(config.s3_region, "auto");
         assert!(!config.s3_path_style);
@@ -261,5 +279,35 @@ mod tests {
         assert!(args.lease_config().is_none());
         assert_eq!(args.log_format, LogFormat::Text);
         assert_eq!(args.max_running_jobs, 2);
+    }
+
+    #[test]
+    fn a_renew_deadline_outside_interval_and_duration_is_refused() {
+        let lease = |duration: &str, renew: &str, deadline: &str| {
+            Args::try_parse_from([
+                "mixdown-operator",
+                "--worker-image=w",
+                "--s3-endpoint=e",
+                "--s3-bucket=b",
+                &format!("--lease-duration-seconds={duration}"),
+                &format!("--lease-renew-seconds={renew}"),
+                &format!("--lease-renew-deadline-seconds={deadline}"),
+            ])
+            .expect("parses")
+            .lease_config()
+            .expect("leader election is on")
+            .validate()
+        };
+        assert!(lease("4", "1", "2").is_ok());
+        let too_long = lease("15", "2", "15").unwrap_err();
+        assert!(
+            too_long.contains("shorter than the lease duration"),
+            "{too_long}"
+        );
+        let too_short = lease("15", "5", "5").unwrap_err();
+        assert!(
+            too_short.contains("shorter than the renew deadline"),
+            "{too_short}"
+        );
     }
 }

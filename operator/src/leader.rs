@@ -8,9 +8,13 @@
 //!   cannot hand the Lease to two replicas);
 //! - every write is a replace carrying the `resourceVersion` we read, so two candidates racing for
 //!   the same free Lease cannot both win: the API server rejects the second with 409 Conflict;
-//! - the leader renews every `renew_interval`; when it cannot renew for `lease_duration` (or finds
-//!   someone else holding the Lease) it reports the Lease lost, and the operator exits rather than
-//!   risk a second reconciler;
+//! - the leader renews every `renew_interval`, each call bounded by what is left of the
+//!   `renew_deadline`; when no renewal succeeded within `renew_deadline` of the start of the last
+//!   one that did (or it finds someone else holding the Lease) it reports the Lease lost, and the
+//!   operator exits. The deadline is shorter than `lease_duration` and is counted from when the
+//!   last successful renewal was *sent*, before the server wrote it, so the leader stops before
+//!   any standby, which counts `lease_duration` from when it *saw* that write, may take over: a
+//!   hung request (a stalled connection, an overloaded server) never makes two leaders;
 //! - on SIGTERM the leader releases the Lease (empty holder, 1 s duration) so a standby takes over
 //!   at once instead of waiting for expiry.
 
@@ -35,6 +39,31 @@ pub struct LeaseConfig {
     pub lease_duration: Duration,
     /// How often the leader renews, and how often a standby retries.
     pub renew_interval: Duration,
+    /// How long the leader keeps leading without a successful renewal; shorter than
+    /// `lease_duration`, longer than `renew_interval`. See the [module documentation](self).
+    pub renew_deadline: Duration,
+}
+
+impl LeaseConfig {
+    /// Checks `renew_interval < renew_deadline < lease_duration`: otherwise a leader could still
+    /// lead when a standby takes over, or give up between two renewals.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.renew_deadline >= self.lease_duration {
+            return Err(format!(
+                "the lease renew deadline ({:?}) must be shorter than the lease duration ({:?}), \
+                 or a leader that cannot renew would still lead when a standby takes over",
+                self.renew_deadline, self.lease_duration
+            ));
+        }
+        if self.renew_interval >= self.renew_deadline {
+            return Err(format!(
+                "the lease renew interval ({:?}) must be shorter than the renew deadline ({:?}), \
+                 or one slow renewal would end the leadership",
+                self.renew_interval, self.renew_deadline
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Errors of leader election. Only API failures: losing the Lease is reported by
@@ -105,18 +134,36 @@ pub async fn acquire(client: Client, config: &LeaseConfig) -> Result<Leadership,
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     let config = Arc::new(config.clone());
     let mut observed = Observed::default();
-    loop {
-        match try_acquire_or_renew(&api, &config, &mut observed).await {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(error) => tracing::warn!(%error, "leader election attempt failed; retrying"),
+    let acquired_at = loop {
+        let started = Instant::now();
+        // A standby's attempt is bounded too: an answer that comes later than the deadline could
+        // be a write the server made long ago.
+        match tokio::time::timeout(
+            config.renew_deadline,
+            try_acquire_or_renew(&api, &config, &mut observed),
+        )
+        .await
+        {
+            Ok(Ok(true)) => break started,
+            Ok(Ok(false)) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "leader election attempt failed; retrying"),
+            Err(_) => tracing::warn!(
+                deadline = ?config.renew_deadline,
+                "leader election attempt got no answer within the renew deadline; retrying"
+            ),
         }
         tokio::time::sleep(config.renew_interval).await;
-    }
+    };
     tracing::info!(lease = %config.name, identity = %config.identity, "became the leader");
 
     let (lost_tx, lost) = watch::channel(false);
-    let renewer = tokio::spawn(renew(api.clone(), config.clone(), observed, lost_tx));
+    let renewer = tokio::spawn(renew(
+        api.clone(),
+        config.clone(),
+        observed,
+        acquired_at,
+        lost_tx,
+    ));
     Ok(Leadership {
         lost,
         renewer,
@@ -125,27 +172,42 @@ pub async fn acquire(client: Client, config: &LeaseConfig) -> Result<Leadership,
     })
 }
 
-/// Keeps the Lease ours; flags `lost` and ends when that is no longer possible.
+/// Keeps the Lease ours; flags `lost` and ends when that is no longer possible. `renewed` is
+/// when the last successful write was sent.
 async fn renew(
     api: Api<Lease>,
     config: Arc<LeaseConfig>,
     mut observed: Observed,
+    mut renewed: Instant,
     lost: watch::Sender<bool>,
 ) {
-    let mut last_renewal = Instant::now();
     loop {
-        tokio::time::sleep(config.renew_interval).await;
-        match try_acquire_or_renew(&api, &config, &mut observed).await {
-            Ok(true) => last_renewal = Instant::now(),
-            Ok(false) => {
+        let deadline = renewed + config.renew_deadline;
+        let next = (Instant::now() + config.renew_interval).min(deadline);
+        tokio::time::sleep_until(next.into()).await;
+        let started = Instant::now();
+        let attempt = tokio::time::timeout_at(
+            deadline.into(),
+            try_acquire_or_renew(&api, &config, &mut observed),
+        );
+        match attempt.await {
+            Ok(Ok(true)) => renewed = started,
+            Ok(Ok(false)) => {
                 tracing::error!(lease = %config.name, holder = ?observed.holder, "another replica took the leader lease");
                 break;
             }
-            Err(error) if last_renewal.elapsed() < config.lease_duration => {
+            Ok(Err(error)) if Instant::now() < deadline => {
                 tracing::warn!(%error, "renewing the leader lease failed; retrying");
             }
-            Err(error) => {
-                tracing::error!(%error, "could not renew the leader lease for a whole lease duration");
+            Ok(Err(error)) => {
+                tracing::error!(%error, deadline = ?config.renew_deadline, "could not renew the leader lease within the renew deadline");
+                break;
+            }
+            Err(_) => {
+                tracing::error!(
+                    deadline = ?config.renew_deadline,
+                    "could not renew the leader lease within the renew deadline: the API server did not answer in time"
+                );
                 break;
             }
         }

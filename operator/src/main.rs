@@ -40,6 +40,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(lease) = args.lease_config() {
+        lease.validate().map_err(anyhow::Error::msg)?;
+    }
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut shutdown = Box::pin(async move {

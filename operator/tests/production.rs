@@ -15,11 +15,13 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, ResourceExt};
 use mixdown_crds::Phase;
+use mixdown_testkit::gate::Gate;
 
 const LONG: Duration = Duration::from_secs(180);
 /// The Lease settings every test operator runs with (see `common::Operator`).
 const LEASE_DURATION: Duration = Duration::from_secs(4);
 const RENEW_INTERVAL: Duration = Duration::from_secs(1);
+const RENEW_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Runs until killed.
 const SLEEPING: (&str, &str) = ("sleeping-worker:test", "exec sleep 600");
@@ -138,6 +140,101 @@ async fn of_two_replicas_one_reconciles_and_the_other_takes_over_when_it_dies() 
         standby.metric("mixdown_operator_jobs_created_total").await,
         Some(1.0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_cut_off_from_the_api_server_stops_before_a_standby_takes_over() {
+    let world = World::new(&[SLEEPING]).await;
+    // Replica A reaches the API server through a gate the test can freeze: its requests then
+    // hang, neither failing nor succeeding, as on a node whose network stalls.
+    let gate = Gate::start(world.cp.server_url()).expect("a gate in front of the API server");
+    let mut leader = world.operator_through(&gate, SLEEPING.0, &["--lease-identity", "replica-a"]);
+    leader.wait_up().await;
+    wait_for_holder(&world, "replica-a", LONG).await;
+    let standby = world.operator(SLEEPING.0, &["--lease-identity", "replica-b"]);
+    standby.wait_up().await;
+    let jobs = world.record_jobs();
+    world
+        .create_rj("before", one_track("before", serde_json::json!({})))
+        .await;
+    world
+        .wait_rj("before", LONG, "Running", |s| {
+            s.phase == Some(Phase::Running)
+        })
+        .await;
+
+    gate.freeze();
+    let frozen = Instant::now();
+    let mut exited = None;
+    let mut took_over = None;
+    while took_over.is_none() {
+        assert!(frozen.elapsed() < LONG, "nobody took the Lease over");
+        if exited.is_none()
+            && let Some(status) = leader.exit_status()
+        {
+            exited = Some((frozen.elapsed(), status));
+        }
+        if lease_holder(&world).await.as_deref() == Some("replica-b") {
+            took_over = Some(frozen.elapsed());
+        } else if exited.is_none() {
+            assert_eq!(
+                reconciles(&standby).await,
+                0.0,
+                "the standby reconciled while the cut-off leader was still running"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took_over = took_over.expect("the standby took over");
+    let Some((exited, status)) = exited else {
+        panic!(
+            "the standby took the Lease {took_over:?} after the freeze while the cut-off leader \
+             still ran: two leaders\n{}",
+            leader.log_text()
+        );
+    };
+    println!(
+        "frozen leader exited {exited:.1?} after the freeze (renew deadline {RENEW_DEADLINE:?}); \
+         the standby took over {took_over:.1?} after it (lease duration {LEASE_DURATION:?})"
+    );
+    assert!(
+        !status.success(),
+        "losing the Lease is a failure exit: {status:?}"
+    );
+    assert!(
+        exited <= RENEW_DEADLINE + Duration::from_millis(500),
+        "the leader stops within its renew deadline of the last renewal: {exited:?}"
+    );
+    assert!(exited < took_over);
+    assert!(
+        leader.log_text().contains("within the renew deadline"),
+        "the leader says why it stopped:\n{}",
+        leader.log_text()
+    );
+
+    // Whatever the frozen connection held goes on now; the new leader alone acts.
+    gate.open();
+    world
+        .create_rj("after", one_track("after", serde_json::json!({})))
+        .await;
+    world
+        .wait_rj("after", LONG, "Running", |s| {
+            s.phase == Some(Phase::Running)
+        })
+        .await;
+    let rj = world
+        .rjs()
+        .get("before")
+        .await
+        .expect("the first RecordingJob");
+    let status = rj.status.expect("status");
+    assert_eq!(status.attempts, Some(1), "{status:#?}");
+    let uids: BTreeSet<String> = jobs
+        .values()
+        .iter()
+        .filter_map(|j| j.metadata.uid.clone())
+        .collect();
+    assert_eq!(uids.len(), 2, "one Job per RecordingJob, ever: {uids:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

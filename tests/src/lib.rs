@@ -7,11 +7,13 @@
 //! - [`bins`]: Mixdown's own binaries, built with cargo, for tests that run them as processes.
 //! - [`s3`]: an embedded S3-compatible server that checks signatures like R2 does.
 //! - [`link`]: a network link of limited bandwidth in front of it, for benchmarks.
+//! - [`gate`]: a proxy that freezes or cuts the traffic to a server, for network faults.
 //! - [`stack`]: all of it together with the real worker and operator, for end-to-end tests.
 
 mod background;
 pub mod bins;
 pub mod cluster;
+pub mod gate;
 pub mod link;
 pub mod pods;
 pub mod s3;

@@ -72,7 +72,7 @@ impl World {
             PathBuf::from("/bin/false")
         };
 
-        install_worker_rbac(&client, ns.name()).await;
+        install_worker_rbac(cp, &client, ns.name()).await;
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(CREDENTIALS_SECRET.into()),
@@ -120,7 +120,20 @@ impl World {
 
     /// Starts the operator on this namespace with the given worker image and extra flags.
     pub fn operator(&self, image: &str, extra: &[&str]) -> Operator {
-        Operator::start(self, image, extra)
+        Operator::start(self, self.cp.kubeconfig_path(), image, extra)
+    }
+
+    /// Starts the operator as [`World::operator`] does, but reaching the API server through
+    /// `gate`, so a test can freeze or cut that replica's connection alone.
+    pub fn operator_through(&self, gate: &crate::gate::Gate, image: &str, extra: &[&str]) -> Operator {
+        let kubeconfig = std::fs::read_to_string(self.cp.kubeconfig_path())
+            .expect("reading the control plane's kubeconfig");
+        let server = self.cp.server_url();
+        assert!(kubeconfig.contains(server), "the kubeconfig names {server}");
+        let through = kubeconfig.replace(server, &gate.url_for(server));
+        let path = self.dir.path().join(format!("kubeconfig-via-{}", gate.addr().port()));
+        std::fs::write(&path, through).expect("writing the gated kubeconfig");
+        Operator::start(self, &path, image, extra)
     }
 
     /// Uploads `recording` as the chunks of one participant and returns their prefix.
@@ -322,14 +335,14 @@ pub struct Operator {
 }
 
 impl Operator {
-    fn start(world: &World, image: &str, extra: &[&str]) -> Operator {
+    fn start(world: &World, kubeconfig: &Path, image: &str, extra: &[&str]) -> Operator {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = world.dir.path().join(format!("operator-{n}.log"));
         let port = free_port();
         let operator = crate::bins::workspace_binary("mixdown-operator", "mixdown-operator");
         let mut cmd = Command::new(operator);
-        cmd.env("KUBECONFIG", world.cp.kubeconfig_path())
+        cmd.env("KUBECONFIG", kubeconfig)
             // MIXDOWN_TEST_OPERATOR_LOG=debug when a test needs the whole story.
             .env(
                 "RUST_LOG",
@@ -348,6 +361,7 @@ impl Operator {
             .args(["--lease-namespace", world.namespace()])
             .args(["--lease-duration-seconds", "4"])
             .args(["--lease-renew-seconds", "1"])
+            .args(["--lease-renew-deadline-seconds", "2"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -378,6 +392,13 @@ impl Operator {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The exit status once the process has ended on its own, without waiting.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
     }
 
     /// SIGTERM, then waits up to `timeout` for the exit status.
@@ -471,7 +492,7 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
 }
 
 /// The worker's ServiceAccount may patch RecordingJob status and nothing else.
-async fn install_worker_rbac(client: &Client, namespace: &str) {
+async fn install_worker_rbac(cp: &ControlPlane, client: &Client, namespace: &str) {
     let meta = |name: &str| ObjectMeta {
         name: Some(name.into()),
         ..ObjectMeta::default()
@@ -521,16 +542,16 @@ async fn install_worker_rbac(client: &Client, namespace: &str) {
         )
         .await
         .expect("creating the worker RoleBinding");
-    // Pods of a ServiceAccount are refused until its token Secret exists (Kubernetes 1.20).
+    // Before 1.24, Pods of a ServiceAccount are refused until its token Secret exists.
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     eventually(
         Duration::from_secs(30),
-        "the worker ServiceAccount's token",
+        "the worker ServiceAccount, ready for Pods",
         || {
             let accounts = accounts.clone();
             async move {
                 let sa = accounts.get_opt(WORKER_ACCOUNT).await.ok()??;
-                sa.secrets.filter(|s| !s.is_empty()).map(|_| ())
+                cp.admits_pods_of(&sa).then_some(())
             }
         },
     )
