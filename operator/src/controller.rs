@@ -1,6 +1,6 @@
 //! The reconciler: a thin loop around the pure parts. For each RecordingJob it fetches (from the
-//! caches), validates, builds and creates the Job once, derives the status and applies it only
-//! when it changed, then records Events for the transitions it saw.
+//! caches), validates, builds and creates the Job once, derives the status, asks [`crate::plan`]
+//! what to do about the Job, the status, the Events and the next look, and does it.
 //!
 //! Watches: RecordingJobs (the primary), their Jobs (`owns`) and the Jobs' Pods (by the
 //! `mixdown.dev/recording-job` label). Objects are trimmed before they reach the caches (no Pod
@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod, PodTemplateSpec};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -34,35 +34,25 @@ use crate::error::{Error, Result};
 use crate::events::Events;
 use crate::job::{Ownership, build_job, ownership, validate};
 use crate::metrics::Metrics;
+use crate::plan::{self, Facts, Next, RESYNC, STATUS_HELD_BACK, StatusWrite, event};
 use crate::retry::{self, RetryPlan, plan_retry};
 use crate::slots::{Census, QueueKey, Slots, next_in_line};
 use crate::status::{
-    Admission, completion_message, derive_status, is_final, job_deleted_status, needs_write,
-    progress_is_stale,
+    Admission, derive_status, is_final, job_deleted_status, needs_write, progress_is_stale,
 };
-use crate::uploads::{Gate, upload_gate};
+use crate::uploads::upload_gate;
 
 /// RecordingJobs as watched: one that fails to deserialize is reported, not a stalled watch.
 pub type Guarded = DeserializeGuard<RecordingJob>;
 
 /// How soon a reconcile that found a child cache still filling comes back.
 const CACHE_WAIT: Duration = Duration::from_millis(250);
-/// How often a Pending RecordingJob looks again for why its worker Pod has not started.
-const PENDING_RECHECK: Duration = Duration::from_secs(5);
 /// How long a Job may have no Pod before the Job controller's `FailedCreate` Events are looked up:
 /// normally its Pod exists within a second, and every look costs the API server a list.
 const NO_POD_GRACE: Duration = Duration::from_secs(3);
 
-/// How often a Queued RecordingJob looks for a free slot even without a wake-up (a deleted
-/// RecordingJob's Job frees its slot without telling anyone).
-const QUEUED_RECHECK: Duration = Duration::from_secs(5);
-/// Periodic re-reconcile of everything else, in case a watch event was missed.
-const RESYNC: Duration = Duration::from_secs(300);
 /// How long the operator trusts the status it wrote over a cache that has not caught up yet.
 const APPLIED_TRUST: Duration = Duration::from_secs(30);
-/// How soon a status write held back by a burst of Job creates is tried again (a change of the
-/// RecordingJob, its Job or its Pods tries sooner).
-const STATUS_HELD_BACK: Duration = Duration::from_secs(1);
 /// A RecordingJob's status waits for others' Job creates only this long after its creation.
 const HOLD_BACK_AT_MOST: Duration = Duration::from_secs(30);
 
@@ -331,62 +321,60 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
         jiff::Timestamp::now(),
     );
 
+    let tries = job
+        .as_deref()
+        .map(|job| attempts(job, &pod_refs))
+        .unwrap_or_default();
+    let steps = plan::steps(
+        &desired,
+        Facts {
+            job_running: job.as_deref().is_some_and(job_is_running),
+            bad_input: tries
+                .iter()
+                .any(|a| a.ended.as_ref().is_some_and(|e| e.is_bad_input())),
+            attempts: tries.len(),
+            progress_stale: progress_is_stale(rj, tries.last(), field_managers::WORKER),
+            needs_write: needs_write(Some(&previous), &desired),
+            others_creating: ctx.creating.load(Ordering::SeqCst) > 0,
+            young: is_young(rj),
+            created,
+        },
+    );
+    let created = created.then_some(name.as_str());
     if let Some(job) = job.as_deref() {
-        let tries = attempts(job, &pod_refs);
-        if tries
-            .iter()
-            .any(|a| a.ended.as_ref().is_some_and(|e| e.is_bad_input()))
-            && job_is_running(job)
-        {
+        if steps.stop_retries {
             ctx.stop_retries(job).await?;
         }
-        if desired.phase == Some(Phase::Running)
-            && tries.len() > 1
-            && progress_is_stale(rj, tries.last(), field_managers::WORKER)
-        {
+        if steps.clear_stale_progress {
             ctx.clear_stale_progress(&namespace, &name).await?;
         }
     }
-
-    if let Some(job) = job.as_deref()
-        && desired.reason.as_deref() == Some(reasons::POD_NOT_STARTED)
-        && job_is_running(job)
-    {
-        // Its Pod never started: the Job goes, so that it no longer holds a slot (nor a Pod
-        // retrying an image pull). The status is written first; this is tried again until done.
-        if needs_write(Some(&previous), &desired) {
+    match steps.status {
+        StatusWrite::Write => {
             ctx.apply_status(&namespace, &name, &desired).await?;
             ctx.metrics.status_writes.inc();
-            lock(&ctx.applied).insert(uid.clone(), (desired.clone(), Instant::now()));
-            ctx.announce(rj, &previous, &desired, created.then_some(&name));
-            previous = desired.clone();
+            lock(&ctx.applied).insert(uid, (desired.clone(), Instant::now()));
+            ctx.announce(rj, &previous, &desired, created);
         }
-        ctx.delete_job(job, "the Job whose worker Pod never started")
-            .await?;
-    }
-
-    if needs_write(Some(&previous), &desired) {
-        // Burst mode. Each RecordingJob costs the API server a create of the RecordingJob, one
-        // of its Job and an apply of its status, and the apply is the dearest. While other Jobs
-        // are being created, a status that does not finish the RecordingJob waits, so that a
-        // thousand RecordingJobs at once get their Jobs (and their work started) first and their
-        // `Pending` and `Running` a moment later. One RecordingJob at a time never waits. Final
-        // statuses never wait: they free slots and carry the outputs.
-        let finishes = desired.phase.is_some_and(Phase::is_finished);
-        if !finishes && ctx.creating.load(Ordering::SeqCst) > 0 && is_young(rj) {
+        StatusWrite::HeldBack => {
             debug!("status write held back while Jobs are being created");
             ctx.metrics.status_writes_held_back.inc();
-            if created {
-                ctx.announce(rj, &previous, &previous, Some(&name));
+            if created.is_some() {
+                ctx.announce(rj, &previous, &previous, created);
             }
             return Ok(Action::requeue(STATUS_HELD_BACK));
         }
-        ctx.apply_status(&namespace, &name, &desired).await?;
-        ctx.metrics.status_writes.inc();
-        lock(&ctx.applied).insert(uid, (desired.clone(), Instant::now()));
-        ctx.announce(rj, &previous, &desired, created.then_some(&name));
-    } else if created {
-        ctx.announce(rj, &previous, &desired, Some(&name));
+        StatusWrite::Unchanged if created.is_some() => {
+            ctx.announce(rj, &previous, &desired, created);
+        }
+        StatusWrite::Unchanged => {}
+    }
+    if steps.delete_unstarted_job
+        && let Some(job) = job.as_deref()
+    {
+        // The status saying why is written first; this is tried again until done.
+        ctx.delete_job(job, "the Job whose worker Pod never started")
+            .await?;
     }
 
     next_action(rj, ctx, &desired).await
@@ -404,74 +392,35 @@ fn is_young(rj: &RecordingJob) -> bool {
         })
 }
 
-/// After a finished RecordingJob's TTL it is deleted (its Job and Pods with it); Queued ones
-/// look for a slot again soon.
+/// What [`plan::next`] says, done: the requeue, or the deletion of an expired RecordingJob.
 async fn next_action(
     rj: &RecordingJob,
     ctx: &Context,
     status: &RecordingJobStatus,
 ) -> Result<Action> {
-    match status.phase {
-        Some(Phase::Queued) => Ok(Action::requeue(QUEUED_RECHECK)),
-        // Pod changes wake a Pending RecordingJob, but neither the Job controller's Events nor
-        // the start deadline do.
-        Some(Phase::Pending) => {
-            let left = status
-                .job_name
-                .as_ref()
-                .and_then(|_| {
-                    ctx.jobs.get(
-                        &ObjectRef::<Job>::new(&rj.name_any())
-                            .within(rj.metadata.namespace.as_deref().unwrap_or_default()),
-                    )
-                })
-                .and_then(|job| job.metadata.creation_timestamp.clone())
-                .map(|created| {
-                    let deadline = created.0.checked_add(jiff::SignedDuration::from_secs(
-                        rj.spec.start_timeout_seconds.max(1),
-                    ));
-                    deadline.map_or(PENDING_RECHECK, |d| {
-                        Duration::try_from(jiff::Timestamp::now().duration_until(d))
-                            .unwrap_or_default()
-                    })
-                })
-                .unwrap_or(PENDING_RECHECK);
-            Ok(Action::requeue(
-                left.min(PENDING_RECHECK) + Duration::from_millis(100),
-            ))
-        }
-        Some(Phase::Uploading) => match upload_gate(rj, jiff::Timestamp::now()) {
-            Gate::Waiting { until, .. } => {
-                let left = jiff::Timestamp::now().duration_until(until);
-                let left = Duration::try_from(left).unwrap_or_default();
-                Ok(Action::requeue(
-                    left.min(RESYNC) + Duration::from_millis(100),
-                ))
-            }
-            _ => Ok(Action::requeue(Duration::from_millis(100))),
-        },
-        Some(phase) if phase.is_finished() => {
-            let Some(ttl) = rj.spec.ttl_seconds_after_finished else {
-                return Ok(Action::await_change());
-            };
-            let finished = status
-                .completion_time
-                .as_ref()
-                .map_or_else(jiff::Timestamp::now, |t| t.0);
-            let expires = finished
-                .checked_add(jiff::SignedDuration::from_secs(i64::from(ttl.max(0))))
-                .unwrap_or(finished);
-            let left = jiff::Timestamp::now().duration_until(expires);
-            if left.is_positive() {
-                let left = Duration::try_from(left).unwrap_or(RESYNC);
-                return Ok(Action::requeue(
-                    left.min(RESYNC) + Duration::from_millis(100),
-                ));
-            }
+    let now = jiff::Timestamp::now();
+    let job_created = ctx
+        .jobs
+        .get(
+            &ObjectRef::<Job>::new(&rj.name_any())
+                .within(rj.metadata.namespace.as_deref().unwrap_or_default()),
+        )
+        .and_then(|job| job.metadata.creation_timestamp.clone())
+        .map(|created| created.0);
+    match plan::next(
+        status,
+        &upload_gate(rj, now),
+        job_created,
+        rj.spec.start_timeout_seconds,
+        rj.spec.ttl_seconds_after_finished,
+        now,
+    ) {
+        Next::Requeue(after) => Ok(Action::requeue(after)),
+        Next::AwaitChange => Ok(Action::await_change()),
+        Next::DeleteExpired => {
             ctx.delete_expired(rj).await?;
             Ok(Action::await_change())
         }
-        _ => Ok(Action::requeue(RESYNC)),
     }
 }
 
@@ -870,167 +819,30 @@ impl Context {
         }
     }
 
-    /// Events for what changed, once each: the Job created, queued, started, succeeded, failed.
+    /// Publishes the Events of [`plan::announcement`], and counts a finished RecordingJob.
     fn announce(
         &self,
         rj: &RecordingJob,
         previous: &RecordingJobStatus,
         desired: &RecordingJobStatus,
-        created: Option<&String>,
+        created: Option<&str>,
     ) {
-        let mut events = Vec::new();
-        if let Some(job) = created {
-            events.push(event(
-                EventType::Normal,
-                reasons::JOB_CREATED,
-                "CreateJob",
-                format!("Created Job {job}"),
-            ));
-        }
-        let uploads = |s: &RecordingJobStatus| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == conditions::UPLOADS_COMPLETE)
-                .map(|c| (c.reason.clone(), c.message.clone()))
-        };
-        if let Some((reason, message)) = uploads(desired)
-            && uploads(previous).map(|(r, _)| r) != Some(reason.clone())
-        {
-            match reason.as_str() {
-                reasons::UPLOAD_TIMEOUT => events.push(event(
-                    EventType::Warning,
-                    reasons::UPLOAD_TIMEOUT,
-                    "StartWithoutSeals",
-                    capitalize(&message),
-                )),
-                reasons::ALL_TRACKS_SEALED if previous.phase == Some(Phase::Uploading) => events
-                    .push(event(
-                        EventType::Normal,
-                        reasons::ALL_TRACKS_SEALED,
-                        "Seal",
-                        capitalize(&message),
-                    )),
-                _ => {}
+        let said = plan::announcement(previous, desired, created, self.slots.max());
+        if let Some((phase, took)) = said.finished {
+            if let Some(seconds) = took {
+                self.metrics.processed(phase, seconds);
             }
-        }
-        let (before, after) = (previous.phase, desired.phase);
-        let failed_event = || {
-            event(
-                EventType::Warning,
-                desired.reason.as_deref().unwrap_or("Failed"),
-                "Fail",
-                desired.message.clone().unwrap_or_default(),
-            )
-        };
-        // An edited spec refused again is news too, though the phase stays Failed.
-        let refused_again = before == Some(Phase::Failed)
-            && after == Some(Phase::Failed)
-            && desired.job_name.is_none()
-            && previous.observed_generation != desired.observed_generation;
-        if refused_again {
-            events.push(failed_event());
-        }
-        // A spec edit the Job cannot take (or one after the end), once per edit.
-        let not_applied = |s: &RecordingJobStatus| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == conditions::SPEC_APPLIED && c.status == "False")
-                .map(|c| c.message.clone())
-        };
-        if let Some(message) = not_applied(desired)
-            && not_applied(previous).as_ref() != Some(&message)
-        {
-            events.push(event(
-                EventType::Warning,
-                reasons::SPEC_CHANGE_NOT_APPLIED,
-                "IgnoreSpecChange",
-                capitalize(&message),
-            ));
-        }
-        // A Job deleted by hand, while its Pods are still there.
-        if !after.is_some_and(Phase::is_finished)
-            && desired.reason.as_deref() == Some(reasons::JOB_DELETED)
-            && previous.reason != desired.reason
-        {
-            events.push(event(
-                EventType::Warning,
-                reasons::JOB_DELETED,
-                "WaitForPods",
-                capitalize(desired.message.as_deref().unwrap_or_default()),
-            ));
-        }
-        // Why the worker Pod cannot start, each time the cause changes.
-        if after == Some(Phase::Pending)
-            && let Some(reason) = desired.reason.as_deref()
-            && reason != reasons::JOB_DELETED
-            && (previous.reason.as_deref() != Some(reason) || before != after)
-        {
-            events.push(event(
-                EventType::Warning,
-                reason,
-                "StartWorker",
-                capitalize(desired.message.as_deref().unwrap_or_default()),
-            ));
-        }
-        if before != after {
-            match after {
-                Some(Phase::Uploading) => {
-                    let message = uploads(desired).map(|(_, m)| m).unwrap_or_default();
-                    events.push(event(
-                        EventType::Normal,
-                        reasons::WAITING_FOR_UPLOADS,
-                        "WaitForUploads",
-                        capitalize(&message),
-                    ));
-                }
-                Some(Phase::Queued) => events.push(event(
-                    EventType::Normal,
-                    reasons::WAITING_FOR_SLOT,
-                    "Queue",
-                    format!(
-                        "Waiting for one of the {} processing slots",
-                        self.slots.max()
-                    ),
-                )),
-                Some(Phase::Running) => events.push(event(
-                    EventType::Normal,
-                    "Started",
-                    "Start",
-                    format!("Worker started (attempt {})", desired.attempts.unwrap_or(1)),
-                )),
-                Some(Phase::Succeeded) => events.push(event(
-                    // A track processed without its seal is worth a look.
-                    if desired.outputs.iter().all(|o| o.sealed) {
-                        EventType::Normal
-                    } else {
-                        EventType::Warning
-                    },
-                    "Succeeded",
-                    "Complete",
-                    capitalize(&completion_message(&desired.outputs)),
-                )),
-                Some(Phase::Failed) => events.push(failed_event()),
-                Some(Phase::Pending) | None => {}
-            }
-            if after.is_some_and(Phase::is_finished) && !before.is_some_and(Phase::is_finished) {
-                if let (Some(start), Some(end)) = (&desired.start_time, &desired.completion_time) {
-                    let seconds = end.0.duration_since(start.0).as_secs_f64();
-                    if let Some(phase) = after {
-                        self.metrics.processed(phase, seconds);
-                    }
-                }
-                self.slot_freed.notify_one();
-            }
+            self.slot_freed.notify_one();
         }
         let mut regarding = rj.object_ref(&());
-        if refused_again {
+        if said.about_this_version {
             // The recorder folds Events of one reason about one object into a series that keeps
             // the first note; about this version of the object, it is a new Event with the new
             // cause (client-go's references carry the resourceVersion too).
             regarding.resource_version = rj.resource_version();
         }
         // Best effort, in the background: never slows the reconcile down.
-        self.events.publish(regarding, events);
+        self.events.publish(regarding, said.events);
     }
 }
 
@@ -1044,32 +856,6 @@ fn waits_for_its_pod(job: &Job, pods: &[&Pod]) -> bool {
     old_enough
         && job_is_running(job)
         && pods.iter().all(|p| p.metadata.deletion_timestamp.is_some())
-}
-
-fn capitalize(message: &str) -> String {
-    let mut chars = message.chars();
-    chars.next().map_or_else(String::new, |first| {
-        first.to_uppercase().chain(chars).collect()
-    })
-}
-
-fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
-    // Event notes hold at most 1 kB.
-    let mut note = note;
-    if note.len() > 1000 {
-        let mut end = 1000;
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        note.truncate(end);
-    }
-    Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: action.to_string(),
-        secondary: None,
-    }
 }
 
 fn queue_key(rj: &RecordingJob) -> QueueKey {

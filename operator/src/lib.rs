@@ -1,8 +1,10 @@
 //! The Mixdown operator: reconciles each RecordingJob into a Kubernetes Job that runs the worker,
 //! and tells the RecordingJob's story in its status, conditions and Events.
 //!
-//! Pure parts (unit-tested from inline YAML): [`job::build_job`], [`status::derive_status`],
-//! [`slots`] (the concurrency cap). The [`controller`] only fetches, calls them and applies.
+//! Pure parts (unit-tested from inline YAML and tables): [`job::build_job`],
+//! [`status::derive_status`], [`slots`] (the concurrency cap), [`uploads`], [`retry`] and
+//! [`plan`] (the steps, Events and requeues of a reconcile). The [`controller`] only fetches,
+//! calls them and applies.
 #![forbid(unsafe_code)]
 
 pub mod attempts;
@@ -14,6 +16,7 @@ pub mod http;
 pub mod job;
 pub mod leader;
 pub mod metrics;
+pub mod plan;
 pub mod retry;
 pub mod slots;
 pub mod status;
