@@ -18,6 +18,9 @@
 mod boot;
 pub(crate) mod children;
 mod pki;
+mod version;
+
+pub use version::KubeVersion;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -25,7 +28,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::wait::{await_condition, conditions};
@@ -45,6 +50,7 @@ pub struct ControlPlane {
     ca_pem: String,
     kubeconfig: PathBuf,
     config: Config,
+    version: KubeVersion,
     /// Names of namespaces to delete, handled on the control plane's thread so that deletion does
     /// not depend on the runtime of the test that dropped a [`TestNamespace`].
     doomed_namespaces: mpsc::UnboundedSender<String>,
@@ -108,14 +114,51 @@ impl ControlPlane {
         &self.ca_pem
     }
 
+    /// The Kubernetes version it runs (`KUBEBUILDER_ASSETS`' kube-apiserver): tests whose
+    /// expectations differ by version ask it, e.g. [`KubeVersion::enforces_validation_rules`].
+    pub fn version(&self) -> KubeVersion {
+        self.version
+    }
+
+    /// Whether the ServiceAccount admission plugin admits Pods of `sa`: always once it exists,
+    /// but before 1.24 only once the controller manager gave it its token Secret.
+    pub fn admits_pods_of(&self, sa: &ServiceAccount) -> bool {
+        boot::service_account_ready(self.version, sa)
+    }
+
+    /// A token of ServiceAccount `name` in `namespace`, from the TokenRequest API (what the
+    /// kubelet mounts into Pods on every version), valid for an hour.
+    pub async fn service_account_token(&self, namespace: &str, name: &str) -> Result<String> {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client(), namespace);
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                expiration_seconds: Some(3600),
+                ..TokenRequestSpec::default()
+            },
+            ..TokenRequest::default()
+        };
+        let issued: TokenRequest = accounts
+            .create_subresource("token", name, &PostParams::default(), &request)
+            .await
+            .with_context(|| format!("requesting a token of ServiceAccount {namespace}/{name}"))?;
+        issued.status.map(|s| s.token).ok_or_else(|| {
+            anyhow!("the TokenRequest for {namespace}/{name} came back without a token")
+        })
+    }
+
     /// The control plane's working directory: component logs (`<component>.log`), certificates,
     /// etcd data. Removed when the test binary exits.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Installs (server-side applies) a CRD and waits until it is Established, so its resources
-    /// can be used at once. Idempotent: tests sharing the control plane may all call it.
+    /// Installs a CRD and waits until it is Established, so its resources can be used at once.
+    /// Idempotent: tests sharing the control plane may all call it.
+    ///
+    /// Server-side apply where the server knows every field of a current CRD. Before 1.25 the
+    /// CRD is created, or replaced, as Helm installs a chart's CRDs: those servers drop the
+    /// `x-kubernetes-validations` (CEL) they do not know from a create or an update, but their
+    /// server-side apply refuses the whole object ("field not declared in schema").
     pub async fn install_crd(&self, crd: &CustomResourceDefinition) -> Result<()> {
         let name = crd
             .metadata
@@ -123,13 +166,17 @@ impl ControlPlane {
             .as_deref()
             .ok_or_else(|| anyhow!("the CRD has no metadata.name"))?;
         let api: Api<CustomResourceDefinition> = Api::all(self.client());
-        api.patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(crd),
-        )
-        .await
-        .with_context(|| format!("applying CRD {name}"))?;
+        if self.version.enforces_validation_rules() {
+            api.patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(crd),
+            )
+            .await
+            .with_context(|| format!("applying CRD {name}"))?;
+        } else {
+            create_or_replace(&api, name, crd).await?;
+        }
         tokio::time::timeout(
             SETUP_TIMEOUT,
             await_condition(api, name, conditions::is_crd_established()),
@@ -173,23 +220,122 @@ impl ControlPlane {
             doomed: self.doomed_namespaces.clone(),
         };
         // The ServiceAccount admission plugin rejects Pods until the namespace's default
-        // ServiceAccount has a token secret, which two controllers create shortly after.
-        let accounts: Api<ServiceAccount> = Api::namespaced(client, &ns.name);
+        // ServiceAccount exists (and before 1.24 has its token Secret), which controllers create
+        // shortly after the namespace.
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name);
         let start = Instant::now();
         loop {
             let sa = accounts.get_opt("default").await?;
-            if sa.is_some_and(|sa| sa.secrets.is_some_and(|s| !s.is_empty())) {
-                return Ok(ns);
+            if sa.as_ref().is_some_and(|sa| self.admits_pods_of(sa)) {
+                break;
             }
             if start.elapsed() > SETUP_TIMEOUT {
                 bail!(
-                    "namespace {}: no default ServiceAccount token after {SETUP_TIMEOUT:?}",
+                    "namespace {}: no default ServiceAccount after {SETUP_TIMEOUT:?}",
                     ns.name
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        if !self.version.creates_token_secrets() {
+            self.give_default_account_a_token_secret(&client, &ns.name)
+                .await?;
+        }
+        Ok(ns)
     }
+
+    /// What the controllers of servers before 1.24 did for every ServiceAccount, done for the
+    /// default one of a test namespace: a long-lived token Secret, listed in the account's
+    /// `secrets`, so that a test may build a kubeconfig from it on either version. The controller
+    /// manager still fills such a Secret when one is made by hand. Pods never need it (the pod
+    /// runner gets their tokens from the TokenRequest API); new tests use
+    /// [`ControlPlane::service_account_token`].
+    async fn give_default_account_a_token_secret(
+        &self,
+        client: &Client,
+        namespace: &str,
+    ) -> Result<()> {
+        const NAME: &str = "default-token";
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(NAME.into()),
+                annotations: Some(
+                    [(
+                        "kubernetes.io/service-account.name".into(),
+                        "default".into(),
+                    )]
+                    .into(),
+                ),
+                ..ObjectMeta::default()
+            },
+            type_: Some("kubernetes.io/service-account-token".into()),
+            ..Secret::default()
+        };
+        secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .with_context(|| format!("creating the token Secret of {namespace}/default"))?;
+        let start = Instant::now();
+        loop {
+            let filled = secrets
+                .get_opt(NAME)
+                .await?
+                .and_then(|s| s.data)
+                .is_some_and(|d: std::collections::BTreeMap<String, ByteString>| {
+                    d.contains_key("token")
+                });
+            if filled {
+                break;
+            }
+            if start.elapsed() > SETUP_TIMEOUT {
+                bail!(
+                    "namespace {namespace}: the token Secret of the default ServiceAccount got no token after {SETUP_TIMEOUT:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+            .patch(
+                "default",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"secrets": [{"name": NAME}]})),
+            )
+            .await
+            .with_context(|| format!("listing the token Secret on {namespace}/default"))?;
+        Ok(())
+    }
+}
+
+/// Creates `crd`, or replaces the one there (retrying when another test replaced it meanwhile).
+async fn create_or_replace(
+    api: &Api<CustomResourceDefinition>,
+    name: &str,
+    crd: &CustomResourceDefinition,
+) -> Result<()> {
+    let pp = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&pp, crd).await {
+        Ok(_) => return Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(e) => return Err(e).with_context(|| format!("creating CRD {name}")),
+    }
+    for _ in 0..10 {
+        let current = api
+            .get(name)
+            .await
+            .with_context(|| format!("reading CRD {name}"))?;
+        let mut replacement = crd.clone();
+        replacement.metadata.resource_version = current.metadata.resource_version;
+        match api.replace(name, &pp, &replacement).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+            Err(e) => return Err(e).with_context(|| format!("replacing CRD {name}")),
+        }
+    }
+    bail!("CRD {name} kept changing while it was being replaced")
 }
 
 /// A DNS label from the test's name (the thread name libtest gives it) and a counter.
@@ -272,9 +418,10 @@ fn run(reply: oneshot::Sender<Result<ControlPlane, String>>) {
         ca_pem,
         kubeconfig,
         config,
+        version,
         components,
     } = booted;
-    tracing::info!(elapsed = ?started.elapsed(), %server_url, dir = %dir.display(), "control plane ready");
+    tracing::info!(elapsed = ?started.elapsed(), %server_url, %version, dir = %dir.display(), "control plane ready");
     let (doomed_namespaces, doomed) = mpsc::unbounded_channel();
     let cp = ControlPlane {
         dir,
@@ -282,6 +429,7 @@ fn run(reply: oneshot::Sender<Result<ControlPlane, String>>) {
         ca_pem,
         kubeconfig,
         config: config.clone(),
+        version,
         doomed_namespaces,
     };
     if reply.send(Ok(cp)).is_err() {

@@ -502,13 +502,14 @@ async fn a_pod_acts_with_its_service_accounts_rights() {
     .await;
     env.create::<ConfigMap>(json!({ "metadata": { "name": "x" } }))
         .await;
-    // On this Kubernetes version the ServiceAccount admission plugin refuses Pods until the
-    // account's token Secret exists, which a controller creates shortly after the account.
+    // Before 1.24 the ServiceAccount admission plugin refuses Pods until the account's token
+    // Secret exists, which a controller creates shortly after the account.
+    let cp = ControlPlane::shared().await;
     env.wait_for::<k8s_openapi::api::core::v1::ServiceAccount>(
         "reader",
-        "given a token",
+        "ready for Pods",
         TIMEOUT,
-        |sa| sa.secrets.as_ref().is_some_and(|s| !s.is_empty()),
+        |sa| cp.admits_pods_of(sa),
     )
     .await;
 

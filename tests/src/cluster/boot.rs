@@ -19,6 +19,7 @@ use serde_json::json;
 
 use super::children;
 use super::pki::Pki;
+use super::version::{Flags, KubeVersion};
 
 /// The environment variable envtest tools use for the folder holding the binaries.
 pub(super) const ASSETS_VAR: &str = "KUBEBUILDER_ASSETS";
@@ -35,6 +36,7 @@ pub(super) struct Booted {
     pub ca_pem: String,
     pub kubeconfig: PathBuf,
     pub config: Config,
+    pub version: KubeVersion,
     pub components: Vec<Component>,
 }
 
@@ -133,15 +135,18 @@ fn path_arg(flag: &str, path: &Path) -> String {
 /// removed.
 pub(super) async fn boot() -> Result<Booted> {
     let assets = assets_dir()?;
+    // The flags depend on the version, so it is read from the binary before anything starts.
+    let version = KubeVersion::of_binary(&assets.join("kube-apiserver"))?;
     let dir = children::temp_dir("mixdown-cp-")?;
     let mut components = Vec::new();
-    match boot_in(&assets, &dir, &mut components).await {
+    match boot_in(&assets, version, &dir, &mut components).await {
         Ok((server_url, ca_pem, kubeconfig, config)) => Ok(Booted {
             dir,
             server_url,
             ca_pem,
             kubeconfig,
             config,
+            version,
             components,
         }),
         Err(e) => {
@@ -156,9 +161,11 @@ pub(super) async fn boot() -> Result<Booted> {
 
 async fn boot_in(
     assets: &Path,
+    version: KubeVersion,
     dir: &Path,
     components: &mut Vec<Component>,
 ) -> Result<(String, String, PathBuf, Config)> {
+    let flags = Flags::for_version(version);
     let pki = Pki::generate(dir)?;
     let etcd_port = free_port()?;
     let etcd_peer_port = free_port()?;
@@ -246,42 +253,49 @@ async fn boot_in(
     .await?;
 
     // The controller manager gives up if the API server is not healthy soon, so it starts now.
+    let mut controller_manager_args = vec![
+        path_arg("kubeconfig", &kubeconfig),
+        path_arg("service-account-private-key-file", &pki.sa_key),
+        path_arg("root-ca-file", &pki.ca_cert),
+        "--leader-elect=false".into(),
+        "--bind-address=127.0.0.1".into(),
+        "--secure-port=0".into(),
+        format!("--controllers={}", flags.controllers),
+    ];
+    controller_manager_args.extend(flags.insecure_port_off.map(String::from));
     components.push(Component::spawn(
         "kube-controller-manager",
         assets,
-        vec![
-            path_arg("kubeconfig", &kubeconfig),
-            path_arg("service-account-private-key-file", &pki.sa_key),
-            path_arg("root-ca-file", &pki.ca_cert),
-            "--leader-elect=false".into(),
-            "--bind-address=127.0.0.1".into(),
-            "--secure-port=0".into(),
-            "--port=0".into(),
-            // No node CIDRs to hand out, and the pod runner sends no heartbeats: without these
-            // two exclusions its Nodes would go NotReady and their Pods be evicted.
-            "--controllers=*,-nodeipam,-nodelifecycle".into(),
-        ],
+        controller_manager_args,
         dir,
     )?);
 
-    // The ServiceAccount and token controllers are what every namespace needs before a Pod can
-    // be admitted; seeing them work in `default` means the controller manager is up.
+    // Every namespace needs its default ServiceAccount before a Pod can be admitted (and, before
+    // 1.24, its token Secret); seeing the controllers make them in `default` means the controller
+    // manager is up.
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
-    wait_until(
-        "the default ServiceAccount and its token",
-        components,
-        || async {
-            accounts
-                .get_opt("default")
-                .await
-                .ok()
-                .flatten()
-                .is_some_and(|sa| sa.secrets.is_some_and(|s| !s.is_empty()))
-        },
-    )
+    let what = if version.creates_token_secrets() {
+        "the default ServiceAccount and its token"
+    } else {
+        "the default ServiceAccount"
+    };
+    wait_until(what, components, || async {
+        accounts
+            .get_opt("default")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|sa| service_account_ready(version, &sa))
+    })
     .await?;
 
     Ok((server_url, pki.ca_pem, kubeconfig, config))
+}
+
+/// Whether Pods of `sa` are admitted: it exists and, on servers that make them, has its token Secret
+/// (the ServiceAccount admission plugin of 1.20 refuses Pods until then).
+pub(super) fn service_account_ready(version: KubeVersion, sa: &ServiceAccount) -> bool {
+    !version.creates_token_secrets() || sa.secrets.as_ref().is_some_and(|s| !s.is_empty())
 }
 
 /// Polls `probe` until it holds, failing early (with its log) when a component exits, or with
