@@ -7,6 +7,7 @@
 
 pub mod names;
 mod naming;
+pub mod validation;
 mod report;
 
 use std::collections::BTreeMap;
@@ -17,7 +18,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use naming::{is_valid_id, recording_job_name};
+pub use naming::recording_job_name;
+pub use validation::{Invalid, is_valid_id, is_valid_prefix};
 pub use report::{WorkerJob, WorkerReport};
 
 /// What ids (`roomId`, `recordingId`, `participantId`) may look like: safe in object keys, URLs

@@ -32,7 +32,7 @@ use crate::attempts::attempts;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::events::Events;
-use crate::job::{Ownership, build_job, ownership, validate};
+use crate::job::{Ownership, build_job, job_ref, ownership, validate};
 use crate::metrics::Metrics;
 use crate::plan::{self, Facts, Next, RESYNC, STATUS_HELD_BACK, StatusWrite, event};
 use crate::retry::{self, RetryPlan, plan_retry};
@@ -164,8 +164,7 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
 
     let mut view = ctx.view(rj, &uid);
     let mut previous = view.status.clone().unwrap_or_default();
-    let job_ref = ObjectRef::<Job>::new(&name).within(&namespace);
-    let mut job = ctx.jobs.get(&job_ref);
+    let mut job = ctx.jobs.get(&job_ref(rj));
     let mut foreign = None;
     match job.as_deref().map(|j| ownership(j, rj)) {
         None | Some(Ownership::Ours) => {}
@@ -401,10 +400,7 @@ async fn next_action(
     let now = jiff::Timestamp::now();
     let job_created = ctx
         .jobs
-        .get(
-            &ObjectRef::<Job>::new(&rj.name_any())
-                .within(rj.metadata.namespace.as_deref().unwrap_or_default()),
-        )
+        .get(&job_ref(rj))
         .and_then(|job| job.metadata.creation_timestamp.clone())
         .map(|created| created.0);
     match plan::next(
@@ -486,13 +482,7 @@ impl Context {
                     && !is_final(rj)
                     && validate(rj).is_ok()
                     && upload_gate(rj, now).is_open()
-                    && self
-                        .jobs
-                        .get(
-                            &ObjectRef::new(&rj.name_any())
-                                .within(&rj.namespace().unwrap_or_default()),
-                        )
-                        .is_none()
+                    && self.jobs.get(&job_ref(rj)).is_none()
             })
             .map(queue_key)
             .collect()

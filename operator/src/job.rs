@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use mixdown_crds::names::{APP_NAME, GROUP, KIND, env, exit_codes, field_managers, labels};
-use mixdown_crds::{RecordingJob, WorkerJob, is_valid_id};
+use mixdown_crds::{RecordingJob, WorkerJob};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -33,7 +33,9 @@ pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
 /// Longest Job name: the Job controller copies it into the `job-name` label of its Pods.
 const MAX_JOB_NAME: usize = 63;
 
-/// Checks what the CRD schema cannot: that the RecordingJob can become a Job at all.
+/// Checks that the RecordingJob can become a Job at all: its name fits the Job's, and its spec
+/// keeps every rule of [`mixdown_crds::validation`] (a server may not enforce all of the schema,
+/// and an object written before a rule existed may break it).
 pub fn validate(rj: &RecordingJob) -> Result<()> {
     let name = rj.metadata.name.as_deref().unwrap_or_default();
     if name.len() > MAX_JOB_NAME {
@@ -41,41 +43,9 @@ pub fn validate(rj: &RecordingJob) -> Result<()> {
             "name {name:?} is longer than {MAX_JOB_NAME} characters, too long for its Job"
         )));
     }
-    let spec = &rj.spec;
-    for (field, id) in [
-        ("roomId", &spec.room_id),
-        ("recordingId", &spec.recording_id),
-    ] {
-        if !is_valid_id(id) {
-            return Err(Error::InvalidSpec(format!(
-                "spec.{field} {id:?} is not 1 to 64 letters, digits, '_' or '-'"
-            )));
-        }
-    }
-    if spec.tracks.is_empty() || spec.tracks.len() > mixdown_crds::MAX_TRACKS {
-        return Err(Error::InvalidSpec(format!(
-            "spec.tracks has {} entries; 1 to {} are allowed",
-            spec.tracks.len(),
-            mixdown_crds::MAX_TRACKS
-        )));
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for (i, track) in spec.tracks.iter().enumerate() {
-        if !is_valid_id(&track.participant_id) {
-            return Err(Error::InvalidSpec(format!(
-                "spec.tracks[{i}].participantId {:?} is not 1 to 64 letters, digits, '_' or '-'",
-                track.participant_id
-            )));
-        }
-        // Two tracks of one participant would write the same output key.
-        if !seen.insert(track.participant_id.as_str()) {
-            return Err(Error::InvalidSpec(format!(
-                "spec.tracks[{i}].participantId {:?} appears twice; each participant has one track",
-                track.participant_id
-            )));
-        }
-    }
-    Ok(())
+    rj.spec
+        .validate()
+        .map_err(|invalid| Error::InvalidSpec(format!("spec.{invalid}")))
 }
 
 /// The labels of a RecordingJob's Job and Pods.

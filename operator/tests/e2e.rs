@@ -13,6 +13,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::ListParams;
 use mixdown_crds::Phase;
+use mixdown_crds::names::reasons;
 
 const LONG: Duration = Duration::from_secs(180);
 
@@ -215,7 +216,10 @@ async fn a_transient_failure_is_retried_until_the_backoff_limit() {
         Some(2),
         "backoffLimit + 1 attempts: {status:#?}"
     );
-    assert_eq!(status.reason.as_deref(), Some("BackoffLimitExceeded"));
+    assert_eq!(
+        status.reason.as_deref(),
+        Some(reasons::BACKOFF_LIMIT_EXCEEDED)
+    );
     let message = status.message.unwrap_or_default();
     assert!(message.contains("simulated storage outage"), "{message}");
     assert_eq!(pod_count(&world).await, 2);
@@ -240,7 +244,7 @@ async fn a_deadline_fails_the_recording_job() {
     assert_eq!(status.phase, Some(Phase::Failed), "{status:#?}");
     assert_eq!(
         status.reason.as_deref(),
-        Some("DeadlineExceeded"),
+        Some(reasons::DEADLINE_EXCEEDED),
         "{status:#?}"
     );
     // The Job controller deletes the running Pod, and the pod runner kills its process.
