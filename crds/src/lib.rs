@@ -7,8 +7,9 @@
 
 pub mod names;
 mod naming;
-pub mod validation;
 mod report;
+pub mod rules;
+pub mod validation;
 
 use std::collections::BTreeMap;
 
@@ -19,8 +20,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use naming::recording_job_name;
-pub use validation::{Invalid, is_valid_id, is_valid_prefix};
 pub use report::{WorkerJob, WorkerReport};
+pub use validation::{Invalid, is_valid_id, is_valid_prefix};
 
 /// What ids (`roomId`, `recordingId`, `participantId`) may look like: safe in object keys, URLs
 /// and label values.
@@ -85,28 +86,40 @@ pub const MAX_TRACKS: usize = 32;
     )
 )]
 #[serde(rename_all = "camelCase")]
+// What may change after creation (see `rules`): the API seals and adds tracks while the
+// RecordingJob is Uploading, and the worker Pod's placement may be fixed until its Job exists.
+#[schemars(extend("x-kubernetes-validations" = [
+    rules::unchanged_optional("ttlSecondsAfterFinished"),
+]))]
 pub struct RecordingJobSpec {
-    /// Room the recording was made in. Letters, digits, `_` and `-`, at most 64.
-    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
+    /// Room the recording was made in. Letters, digits, `_` and `-`, at most 64. Cannot be
+    /// changed.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"), length(max = 64))]
+    #[schemars(extend("x-kubernetes-validations" = [rules::unchanged("roomId")]))]
     pub room_id: String,
 
     /// Id of the recording within the room. Letters, digits, `_` and `-`, at most 64. The
     /// RecordingJob's name is derived from it, so stopping a recording twice creates one job.
-    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
+    /// Cannot be changed.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"), length(max = 64))]
+    #[schemars(extend("x-kubernetes-validations" = [rules::unchanged("recordingId")]))]
     pub recording_id: String,
 
     /// One track per participant: where its chunks are and, once its uploader sealed it, how
     /// many there are. Between 1 and 32 tracks. The API adds tracks and seals them while the
-    /// RecordingJob is Uploading; once its Job exists the spec is not changed again.
+    /// RecordingJob is Uploading; once its Job exists the spec is not changed again. A track is
+    /// never removed, and its participant, prefix and (once sealed) chunk count never change.
     #[schemars(length(min = 1, max = 32))]
+    #[schemars(extend("x-kubernetes-validations" = [rules::tracks_only_sealed_or_added()]))]
     pub tracks: Vec<Track>,
 
     /// Longest time, in seconds from the RecordingJob's creation, that processing waits for
     /// unsealed tracks. When it passes, processing starts anyway: an unsealed track is processed
     /// from its contiguous run of chunks from chunk 0, and the chunks after a gap are kept. 0 to
-    /// 86400, default 600.
+    /// 86400, default 600. Cannot be changed.
     #[serde(default = "default_upload_timeout_seconds")]
     #[schemars(range(min = 0, max = 86400))]
+    #[schemars(extend("x-kubernetes-validations" = [rules::unchanged("uploadTimeoutSeconds")]))]
     pub upload_timeout_seconds: i64,
 
     /// Where the finished files go and in which format.
@@ -117,33 +130,41 @@ pub struct RecordingJobSpec {
     pub cleanup: Cleanup,
 
     /// Retries of transient failures (storage outages, evicted Pods) before the job fails.
-    /// Bad input (a missing or unreadable chunk) is never retried. 0 to 10, default 3.
+    /// Bad input (a missing or unreadable chunk) is never retried. 0 to 10, default 3. Cannot be
+    /// changed.
     #[serde(default = "default_backoff_limit")]
     #[schemars(range(min = 0, max = 10))]
+    #[schemars(extend("x-kubernetes-validations" = [rules::unchanged("backoffLimit")]))]
     pub backoff_limit: i32,
 
     /// Longest time, in seconds, processing may take across all attempts before it fails with
-    /// DeadlineExceeded. 1 to 86400, default 3600.
+    /// DeadlineExceeded. 1 to 86400, default 3600. Cannot be changed.
     #[serde(default = "default_active_deadline_seconds")]
     #[schemars(range(min = 1, max = 86400))]
+    #[schemars(extend("x-kubernetes-validations" = [rules::unchanged("activeDeadlineSeconds")]))]
     pub active_deadline_seconds: i64,
 
     /// Longest time, in seconds from its Job's creation, that the first worker Pod may take to
     /// start. A Pod that cannot start (its image cannot be pulled, its Secret or ServiceAccount is
     /// missing, it cannot be scheduled) fails the RecordingJob with PodNotStarted and the last
     /// cause seen when this passes, and its Job is deleted so that it no longer takes a processing
-    /// slot. The chunks stay. 1 to 86400, default 600.
+    /// slot. The chunks stay. 1 to 86400, default 600. Cannot be changed.
     #[serde(default = "default_start_timeout_seconds")]
     #[schemars(range(min = 1, max = 86400))]
+    #[schemars(extend("x-kubernetes-validations" = [rules::unchanged("startTimeoutSeconds")]))]
     pub start_timeout_seconds: i64,
 
     /// When set, the RecordingJob (and so its Job and Pods) is deleted this many seconds after it
-    /// succeeded or failed. Unset keeps it until someone deletes it.
+    /// succeeded or failed. Unset keeps it until someone deletes it. Cannot be changed (nor set
+    /// or unset) after creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i32>,
 
-    /// CPU and memory for the worker container. Unset uses the operator's defaults.
+    /// CPU and memory for the worker container. Unset uses the operator's defaults. This and the
+    /// other placement fields below may be edited until the Job exists (to fix a Job the API
+    /// server refused, or a Pod that cannot be scheduled); an edit after that is not applied,
+    /// and the SpecApplied condition says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
@@ -166,7 +187,7 @@ pub struct RecordingJobSpec {
 pub struct Track {
     /// The participant who recorded this track. Letters, digits, `_` and `-`, at most 64; names
     /// the output file.
-    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"), length(max = 64))]
     pub participant_id: String,
 
     /// Where this track's chunks are in the bucket.
@@ -216,9 +237,10 @@ impl Track {
     }
 }
 
-/// Where the finished files go.
+/// Where the finished files go. Cannot be changed.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [rules::unchanged("output")]))]
 pub struct Output {
     /// Key prefix of the finished files, e.g. `riverside/processed/{room}/{recording}/`; each
     /// track becomes `{prefix}{participantId}.{ext}`.
@@ -259,9 +281,10 @@ impl Profile {
     }
 }
 
-/// What happens to the chunks after processing.
+/// What happens to the chunks after processing. Cannot be changed.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [rules::unchanged("cleanup")]))]
 pub struct Cleanup {
     /// Delete the chunks once every output is uploaded and verified (default true). Chunks are
     /// never deleted when processing fails.
