@@ -194,8 +194,8 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_a_standby_takes_over(
         );
     };
     println!(
-        "frozen leader exited {exited:.1?} after the freeze (renew deadline {RENEW_DEADLINE:?}); \
-         the standby took over {took_over:.1?} after it (lease duration {LEASE_DURATION:?})"
+        "the frozen leader exited {exited:.1?} after the freeze (renew deadline {RENEW_DEADLINE:?}), \
+         the standby took the Lease {took_over:.1?} after the freeze (lease duration {LEASE_DURATION:?})"
     );
     assert!(
         !status.success(),
