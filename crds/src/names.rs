@@ -119,8 +119,16 @@ pub mod reasons {
     pub const MISSING_CHUNK: &str = "MissingChunk";
     pub const CHUNK_COUNT_MISMATCH: &str = "ChunkCountMismatch";
     pub const UNREADABLE_CHUNK: &str = "UnreadableChunk";
+    /// The recording was finished before (its manifest lists its outputs), but an output is
+    /// gone or differs from what the manifest recorded: nothing is redone and no chunk deleted.
+    pub const OUTPUT_CHANGED: &str = "OutputChanged";
     // Reasons the worker reports for transient failures (any other exit code).
     pub const STORAGE_ERROR: &str = "StorageError";
+    /// Storage refused the worker's settings: the credentials (the Secret's keys), the bucket
+    /// (it does not exist at the endpoint), or the permissions of the key. Transient on purpose
+    /// (exit 1): a Secret fixed while the Job retries is picked up by the next Pod, and the
+    /// Job's backoffLimit bounds the attempts.
+    pub const STORAGE_MISCONFIGURED: &str = "StorageMisconfigured";
     pub const FFMPEG_FAILED: &str = "FfmpegFailed";
     pub const VERIFICATION_FAILED: &str = "VerificationFailed";
 }
