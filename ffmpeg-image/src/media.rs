@@ -404,24 +404,24 @@ pub fn classify(line: &LogLine<'_>, input_contexts: &[String]) -> Verdict {
     }
 }
 
-/// The byte position in the input that a demuxer message names (`at pos 751942`,
-/// `Element at 0xba175 …`), if any.
+/// The byte position in the input that a demuxer message names, if any, in the forms ffmpeg's
+/// Matroska demuxer words them: `at pos 751942 (0xb7946)`, `Unknown element … at pos. 0x6a489
+/// … Last known good position 0x60879` (where the unknown data is, not the last good one),
+/// `Element at 0xba175 ending at …`. The first position in the message is the one meant.
 pub fn byte_position(message: &str) -> Option<u64> {
-    if let Some(index) = message.find("pos ") {
-        let digits: String = message[index + 4..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        if let Ok(position) = digits.parse() {
-            return Some(position);
-        }
-    }
-    let index = message.find("at 0x")?;
-    let hex: String = message[index + 5..]
-        .chars()
-        .take_while(char::is_ascii_hexdigit)
-        .collect();
-    u64::from_str_radix(&hex, 16).ok()
+    const FORMS: [(&str, u32); 4] = [("pos. 0x", 16), ("pos 0x", 16), ("pos ", 10), ("at 0x", 16)];
+    FORMS
+        .iter()
+        .filter_map(|&(marker, radix)| {
+            let index = message.find(marker)?;
+            let digits: String = message[index + marker.len()..]
+                .chars()
+                .take_while(|c| c.is_digit(radix))
+                .collect();
+            Some((index, u64::from_str_radix(&digits, radix).ok()?))
+        })
+        .min_by_key(|&(index, _)| index)
+        .map(|(_, position)| position)
 }
 
 #[cfg(test)]
@@ -709,6 +709,18 @@ mod tests {
                 "Length 5 indicated by an EBML number's first byte 0x0f at pos 752059 (0xb79bb) exceeds max length 4."
             ),
             Some(752_059)
+        );
+        assert_eq!(
+            byte_position(
+                "Unknown element 14B4AB5B at pos. 0x6a489 with length 0x20bc71c2b considered as invalid data. Last known good position 0x60879, 14 unknown elements in a row"
+            ),
+            Some(0x6a489)
+        );
+        assert_eq!(
+            byte_position(
+                "Length 6 indicated by an EBML number's first byte 0x05 at pos 415237 (0x65605) exceeds max length 4."
+            ),
+            Some(415_237)
         );
         assert_eq!(byte_position("Error parsing Opus packet header."), None);
     }

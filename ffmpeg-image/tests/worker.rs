@@ -531,6 +531,49 @@ async fn a_corrupt_chunk_is_bad_input_and_named() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn damage_inside_a_middle_chunk_names_that_chunk_exactly() -> anyhow::Result<()> {
+    // The middle third of chunk 5 overwritten, its size kept: ffmpeg's demuxer complains at a
+    // byte position (`at pos. 0x…`, `Element at 0x…`) that lies in chunk 5, and the worker
+    // names chunk 5, not the chunk it was feeding when the complaint came.
+    let mut chunk = chunks(&VP8_30S)?[5].clone();
+    let (from, to) = (chunk.len() / 3, 2 * chunk.len() / 3);
+    chunk[from..to].copy_from_slice(&garbage(to - from, 5));
+    bad_input(
+        "rec-damaged",
+        Damage::Replace(5, chunk),
+        0,
+        "UnreadableChunk",
+        "chunk 00000005.webm is unreadable (byte ",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_element_in_a_middle_chunk_names_that_chunk_exactly() -> anyhow::Result<()> {
+    // The ID and size of chunk 5's first Cluster overwritten with an unknown element's, larger
+    // than the file: ffmpeg says `Unknown element 14A68DB3 at pos. 0x… considered as invalid
+    // data. Last known good position 0x…`, a position in chunk 5 (the worker once read none in
+    // it and named the chunk it was feeding, two later).
+    let mut chunk = chunks(&VP8_30S)?[5].clone();
+    let cluster = chunk
+        .windows(4)
+        .position(|w| w == [0x1F, 0x43, 0xB6, 0x75])
+        .expect("chunk 5 holds a Cluster start");
+    let unknown = [
+        0x14, 0xA6, 0x8D, 0xB3, 0x01, 0x00, 0x00, 0x01, 0x27, 0x4F, 0x6C, 0xBB,
+    ];
+    chunk[cluster..cluster + unknown.len()].copy_from_slice(&unknown);
+    bad_input(
+        "rec-unknown-element",
+        Damage::Replace(5, chunk),
+        0,
+        "UnreadableChunk",
+        &format!("chunk 00000005.webm is unreadable (byte {cluster} of the chunk): ffmpeg: Unknown element 14A68DB3 at pos. 0x"),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_chunk_stored_twice_under_two_numbers_is_bad_input_and_named() -> anyhow::Result<()> {
     // Chunk 8's object holds a copy of chunk 7: the real chunk 8 never arrived.
     let copy = chunks(&VP8_30S)?[7].clone();
