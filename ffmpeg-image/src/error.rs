@@ -5,8 +5,10 @@
 //! Bad input (no chunks, a missing first chunk, a gap or a wrong count in a sealed track, a chunk
 //! ffmpeg cannot read, a job that cannot be parsed) exits with [`exit_codes::BAD_INPUT`]: the same
 //! chunks would fail the same way again.
+//! So does a finished recording whose outputs are no longer what its manifest recorded.
 //! Everything else (storage, ffmpeg, scratch space, verification) is transient and exits with
-//! [`exit_codes::TRANSIENT`], so the Job retries it.
+//! [`exit_codes::TRANSIENT`], so the Job retries it: storage refusing the credentials or the
+//! bucket too, since a Secret fixed in the meantime reaches the next attempt's Pod.
 
 use mixdown_crds::WorkerReport;
 use mixdown_crds::names::{exit_codes, reasons};
@@ -46,6 +48,20 @@ pub enum WorkerError {
     #[error("storage: {0}")]
     Storage(String),
 
+    /// Storage refused the settings: wrong credentials, a bucket that does not exist, a key
+    /// without the permission. The message says what to check. Transient, like any storage
+    /// failure: the Pod of the Job's next attempt reads the Secret again, so fixing it while
+    /// the Job retries lets the recording through, and `backoffLimit` bounds the attempts (each
+    /// fails at its first request, before any work).
+    #[error("{0}")]
+    StorageAccess(String),
+
+    /// The recording was finished by an earlier run (its manifest is there) but an output the
+    /// manifest lists is gone or holds something else. Bad input: nothing is redone, no chunk
+    /// is deleted, and a retry would find the same.
+    #[error("{0}")]
+    OutputChanged(String),
+
     /// ffmpeg or ffprobe failed for a reason that is not the input's, or scratch space failed.
     #[error("processing: {0}")]
     Processing(String),
@@ -73,6 +89,8 @@ impl WorkerError {
             WorkerError::ChunkCountMismatch { .. } => reasons::CHUNK_COUNT_MISMATCH,
             WorkerError::UnreadableChunk { .. } => reasons::UNREADABLE_CHUNK,
             WorkerError::Storage(_) => reasons::STORAGE_ERROR,
+            WorkerError::StorageAccess(_) => reasons::STORAGE_MISCONFIGURED,
+            WorkerError::OutputChanged(_) => reasons::OUTPUT_CHANGED,
             WorkerError::Processing(_) | WorkerError::Cancelled | WorkerError::Interrupted(_) => {
                 reasons::FFMPEG_FAILED
             }
@@ -89,6 +107,7 @@ impl WorkerError {
                 | WorkerError::MissingChunk { .. }
                 | WorkerError::ChunkCountMismatch { .. }
                 | WorkerError::UnreadableChunk { .. }
+                | WorkerError::OutputChanged(_)
         )
     }
 
@@ -172,6 +191,16 @@ mod tests {
                 WorkerError::Storage("timeout".into()),
                 reasons::STORAGE_ERROR,
                 1,
+            ),
+            (
+                WorkerError::StorageAccess("check the Secret".into()),
+                reasons::STORAGE_MISCONFIGURED,
+                1,
+            ),
+            (
+                WorkerError::OutputChanged("the output is gone".into()),
+                reasons::OUTPUT_CHANGED,
+                2,
             ),
             (
                 WorkerError::Processing("ffmpeg exited with 1".into()),

@@ -5,18 +5,24 @@
 //! 2. list every track's chunks and check them, before any work ([`chunks`]);
 //! 3. process the tracks, a few at once, each streaming through its own ffmpeg into a multipart
 //!    upload ([`track`], [`upload`]), reporting progress all along ([`progress`]);
-//! 4. verify every output, and only then delete the chunks that went into them (an unsealed
-//!    track's chunks after its first gap are kept);
+//! 4. verify every output, write the manifest ([`manifest`]), and only then delete the chunks
+//!    that went into them (an unsealed track's chunks after its first gap are kept);
 //! 5. report the outputs or the one error ([`error`]) on the termination message ([`report`]).
+//!
+//! A run that finds its job's manifest does none of that: the recording was finished before, and
+//! the run checks the outputs, deletes the source chunks an earlier run left, and reports the
+//! manifest's outputs ([`finish_from_manifest`]).
 #![forbid(unsafe_code)]
 
 pub mod chunks;
 pub mod config;
 pub mod error;
 pub mod job;
+pub mod manifest;
 pub mod media;
 pub mod progress;
 pub mod report;
+pub mod retry_log;
 pub mod storage;
 pub mod track;
 pub mod upload;
@@ -30,9 +36,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Args;
 use crate::error::WorkerError;
+use crate::manifest::Manifest;
 use crate::progress::{Progress, Sink};
 use crate::storage::{Storage, StorageSettings};
-use crate::track::{Context, TrackPlan};
+use crate::track::{Context, Finished, TrackPlan};
 use crate::upload::PartPlan;
 
 /// Tracks listed at once while checking the chunks.
@@ -118,6 +125,11 @@ async fn process_job(
     progress: Arc<Progress>,
     cancel: CancellationToken,
 ) -> Result<Vec<RecordingOutput>, WorkerError> {
+    let manifest_key = manifest::key(&job.output.prefix);
+    if let Some(manifest) = read_manifest(&storage, job, &manifest_key).await? {
+        return finish_from_manifest(&storage, job, &manifest, &manifest_key).await;
+    }
+
     // Every track is checked before any is processed: a gap in the last track should not cost
     // the encoding of the first.
     let plans: Vec<TrackPlan> = stream::iter(&job.tracks)
@@ -161,7 +173,7 @@ async fn process_job(
 
     // One failed track stops the others: the job fails as a whole and is retried as a whole.
     let stop_tracks = cancel.child_token();
-    let results: Vec<Result<RecordingOutput, WorkerError>> = stream::iter(&plans)
+    let results: Vec<Result<Finished, WorkerError>> = stream::iter(&plans)
         .map(|plan| {
             let (ctx, stop_tracks) = (&ctx, &stop_tracks);
             async move {
@@ -177,11 +189,11 @@ async fn process_job(
         .await;
     drop(scratch);
 
-    let mut outputs = Vec::with_capacity(results.len());
+    let mut finished = Vec::with_capacity(results.len());
     let mut cancelled = None;
     for result in results {
         match result {
-            Ok(output) => outputs.push(output),
+            Ok(Finished { output, e_tag }) => finished.push((output, e_tag)),
             Err(err) if err.is_cancelled() => cancelled = Some(err),
             Err(err) => return Err(err),
         }
@@ -189,6 +201,16 @@ async fn process_job(
     if let Some(err) = cancelled {
         return Err(err);
     }
+
+    // Before any chunk goes: from here on, a run that finds this manifest reports these outputs
+    // rather than failing on the chunks that are gone. Failing to write it fails the run with
+    // every chunk still there, and the retry makes the files again.
+    let manifest = Manifest::new(job, &finished);
+    storage
+        .put(&manifest_key, manifest.to_json(), "application/json")
+        .await?;
+    tracing::info!(key = %manifest_key, "manifest written");
+    let outputs: Vec<RecordingOutput> = finished.into_iter().map(|(output, _)| output).collect();
 
     if job.cleanup.delete_chunks {
         // Only the chunks in the files: an unsealed track's chunks after its gap stay, for
@@ -205,6 +227,115 @@ async fn process_job(
         }
     }
     Ok(outputs)
+}
+
+/// The manifest of `job` at `key`, if an earlier run finished it. A manifest of another job
+/// (another profile, other tracks) is logged and left to be replaced; one that cannot be read is
+/// bad input, since the worker cannot tell what it records.
+async fn read_manifest(
+    storage: &Storage,
+    job: &WorkerJob,
+    key: &str,
+) -> Result<Option<Manifest>, WorkerError> {
+    let Some(bytes) = storage.get_optional(key).await? else {
+        return Ok(None);
+    };
+    let manifest = Manifest::parse(&bytes).map_err(|err| {
+        WorkerError::InvalidInput(format!(
+            "the manifest {key} of an earlier run cannot be read ({err}); it says what was finished, so the worker does not go on without it: look at it, and delete it to process the recording again"
+        ))
+    })?;
+    if manifest.describes(job) {
+        Ok(Some(manifest))
+    } else {
+        tracing::warn!(
+            key,
+            profile = manifest.profile.extension(),
+            outputs = manifest.outputs.len(),
+            "the manifest of an earlier run describes another job (profile, tracks or chunk prefixes); processing this job, whose manifest will replace it"
+        );
+        Ok(None)
+    }
+}
+
+/// A run of a job that was finished before: every output the manifest lists must be there as
+/// recorded (HEAD: size and ETag). Then the source chunks an earlier run left (it stopped in
+/// the middle of deleting, or before) are deleted if the job says so, and the manifest's outputs
+/// are the result. An output gone or different is [`WorkerError::OutputChanged`], and every
+/// chunk left stays.
+pub async fn finish_from_manifest(
+    storage: &Storage,
+    job: &WorkerJob,
+    manifest: &Manifest,
+    key: &str,
+) -> Result<Vec<RecordingOutput>, WorkerError> {
+    tracing::info!(
+        manifest = key,
+        outputs = manifest.outputs.len(),
+        "the recording was finished by an earlier run: checking its outputs"
+    );
+    let mut problems = Vec::new();
+    for entry in &manifest.outputs {
+        let head = storage.head(&entry.output.key).await?;
+        problems.extend(manifest::output_problem(entry, head.as_ref()));
+    }
+    // The source chunks still there, or why they could not be listed.
+    let mut left: Vec<String> = Vec::new();
+    let mut unlisted = None;
+    for entry in &manifest.outputs {
+        match storage.list(&entry.source_prefix).await {
+            Ok(listed) => left.extend(
+                manifest::sources_left(entry, &listed)
+                    .into_iter()
+                    .map(str::to_owned),
+            ),
+            Err(err) => {
+                unlisted = Some(err);
+                break;
+            }
+        }
+    }
+    let sources: u64 = manifest.outputs.iter().map(|e| e.source_chunks).sum();
+
+    if !problems.is_empty() {
+        let kept = match &unlisted {
+            Some(err) => format!("the chunks left could not be listed ({err})"),
+            None if left.len() as u64 == sources => format!(
+                "all {sources} source chunks are still there: to make the files again, delete {key} and run again"
+            ),
+            None => format!(
+                "{} of its {sources} source chunks are still there (kept), so the files cannot be made again from storage",
+                left.len()
+            ),
+        };
+        return Err(WorkerError::OutputChanged(format!(
+            "recording {} was finished by an earlier run (manifest {key}), but {}; nothing was redone and no chunk deleted; {kept}",
+            job.recording_id,
+            problems.join("; ")
+        )));
+    }
+
+    match unlisted {
+        Some(err) => tracing::error!(
+            error = %err,
+            "the outputs are there as recorded, but the source chunks left cannot be listed; they remain"
+        ),
+        None if !job.cleanup.delete_chunks || left.is_empty() => {}
+        None => match storage.delete(&left).await {
+            Ok(()) => tracing::info!(
+                chunks = left.len(),
+                "source chunks an earlier run left deleted"
+            ),
+            Err(err) => {
+                tracing::error!(error = %err, "the outputs are there as recorded but chunks remain")
+            }
+        },
+    }
+    tracing::info!(
+        outputs = manifest.outputs.len(),
+        "outputs of the earlier run are there as recorded"
+    );
+    Ok(manifest.report_outputs())
 }
 
 async fn plan_track(

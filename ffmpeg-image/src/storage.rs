@@ -1,9 +1,12 @@
 //! The bucket, as the worker uses it: list chunks, download them, multipart uploads, HEAD,
-//! presigned GETs for ffprobe, batched deletes. Every failure becomes [`WorkerError::Storage`]
-//! naming the step and the key.
+//! presigned GETs for ffprobe, batched deletes, the manifest. Every failure becomes
+//! [`WorkerError::Storage`] naming the step and the key, or [`WorkerError::StorageAccess`] when
+//! storage refused the worker's settings (credentials, bucket, permissions: [`access_problem`]),
+//! in words that say what to check.
 //!
-//! Retries: the AWS SDK's standard strategy (exponential backoff with jitter) for requests; a
-//! download whose body breaks off after the headers is retried here, because the SDK does not.
+//! Retries: the AWS SDK's standard strategy (exponential backoff with jitter) for requests, each
+//! retry logged as it happens ([`crate::retry_log`]); a download whose body breaks off after the
+//! headers is retried here, because the SDK does not.
 //! Checksums are computed only where S3 requires them: R2 and other S3-compatible servers do not
 //! all accept the SDK's newer default trailing checksums.
 
@@ -15,7 +18,7 @@ use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{
     BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
@@ -42,15 +45,151 @@ pub struct StorageSettings {
 pub struct Storage {
     client: Client,
     bucket: String,
+    /// As configured; `None`: the SDK's default (AWS S3, or AWS_ENDPOINT_URL).
+    endpoint: Option<String>,
     max_attempts: u32,
 }
 
+/// An object as HEAD describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub size: u64,
+    /// As storage answers it, quotes included (`"…-3"` for a multipart upload).
+    pub e_tag: String,
+}
+
+/// What storage refused about the worker's settings, as opposed to storage being unwell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessProblem {
+    /// The access key is unknown, or the secret does not match it (the signature is wrong).
+    Credentials,
+    /// The request's time is too far from storage's clock: the signature is refused for it.
+    Clock,
+    /// The bucket does not exist at this endpoint.
+    Bucket,
+    /// The key is known but not allowed to do this.
+    Denied,
+}
+
+/// Classifies an error answer by its S3 error code, or by its status when it has no body (HEAD).
+/// `None`: not a problem of the settings (a server error, throttling, a network failure, a
+/// missing object).
+pub fn access_problem(code: Option<&str>, status: Option<u16>) -> Option<AccessProblem> {
+    match code {
+        Some(
+            "SignatureDoesNotMatch"
+            | "InvalidAccessKeyId"
+            | "InvalidToken"
+            | "ExpiredToken"
+            | "TokenRefreshRequired"
+            | "AuthorizationHeaderMalformed"
+            | "InvalidArgument.Authorization"
+            | "NotSignedUp"
+            | "Unauthorized",
+        ) => Some(AccessProblem::Credentials),
+        Some("RequestTimeTooSkewed") => Some(AccessProblem::Clock),
+        Some("NoSuchBucket") => Some(AccessProblem::Bucket),
+        Some("AccessDenied" | "AllAccessDisabled" | "AccountProblem" | "Forbidden") => {
+            Some(AccessProblem::Denied)
+        }
+        _ => match status {
+            Some(401) => Some(AccessProblem::Credentials),
+            Some(403) => Some(AccessProblem::Denied),
+            _ => None,
+        },
+    }
+}
+
+/// Any failure that is not an answer of storage's (building a request, reading a body).
 fn storage_error<E>(step: impl std::fmt::Display, err: E) -> WorkerError
 where
     E: std::error::Error + Send + Sync + 'static,
 {
     tracing::debug!(error = %DisplayErrorContext(&err), "{step}");
     WorkerError::Storage(format!("{step}: {}", error_chain(&err)))
+}
+
+impl Storage {
+    /// The error of a request to storage: a refused setting says what to check; a request that
+    /// never got an answer says that storage was unreachable.
+    fn request_error<E, R>(&self, step: impl std::fmt::Display, err: SdkError<E, R>) -> WorkerError
+    where
+        E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+        R: std::fmt::Debug + HttpStatus + Send + Sync + 'static,
+    {
+        let status = err.raw_response().and_then(HttpStatus::status_code);
+        let code = err.code().map(str::to_owned);
+        if let Some(problem) = access_problem(code.as_deref(), status) {
+            tracing::debug!(error = %DisplayErrorContext(&err), "{step}");
+            let answer = code.unwrap_or_else(|| format!("HTTP {}", status.unwrap_or(0)));
+            return WorkerError::StorageAccess(self.access_message(
+                problem,
+                &step.to_string(),
+                &answer,
+            ));
+        }
+        let unreachable = matches!(
+            err,
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_)
+        );
+        let step = if unreachable {
+            format!("{step}: storage at {} is unreachable", self.endpoint_name())
+        } else {
+            step.to_string()
+        };
+        storage_error(step, err)
+    }
+
+    fn endpoint_name(&self) -> &str {
+        self.endpoint
+            .as_deref()
+            .unwrap_or("the default AWS S3 endpoint")
+    }
+
+    /// What to check, in the words of the settings a person edits.
+    fn access_message(&self, problem: AccessProblem, step: &str, answer: &str) -> String {
+        use mixdown_crds::names::env;
+        let (bucket, endpoint) = (&self.bucket, self.endpoint_name());
+        match problem {
+            AccessProblem::Credentials => format!(
+                "storage at {endpoint} refused the credentials ({answer}) when {step}: check the \
+                 Secret's AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (a key pair of this \
+                 endpoint's account, copied without a trailing newline or space) and that \
+                 {} is that account's endpoint",
+                env::S3_ENDPOINT
+            ),
+            AccessProblem::Clock => format!(
+                "storage at {endpoint} refused the request's time ({answer}) when {step}: this \
+                 machine's clock is more than 15 minutes off; check the node's time \
+                 synchronisation"
+            ),
+            AccessProblem::Bucket => format!(
+                "bucket {bucket} does not exist at {endpoint} ({answer}) when {step}: check {} \
+                 (the bucket's name) and {} (the endpoint of the account that holds it)",
+                env::S3_BUCKET,
+                env::S3_ENDPOINT
+            ),
+            AccessProblem::Denied => format!(
+                "storage at {endpoint} denied access to bucket {bucket} ({answer}) when {step}: \
+                 check that the key in the Secret (AWS_ACCESS_KEY_ID) may read, write and delete \
+                 objects in bucket {bucket} (on R2: an API token with Object Read & Write on it), \
+                 and {} and {}",
+                env::S3_BUCKET,
+                env::S3_ENDPOINT
+            ),
+        }
+    }
+}
+
+/// The HTTP status of a raw response, whatever its type.
+pub trait HttpStatus {
+    fn status_code(&self) -> Option<u16>;
+}
+
+impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn status_code(&self) -> Option<u16> {
+        Some(self.status().as_u16())
+    }
 }
 
 /// An error and its sources as one line (`dispatch failure: io error: … reset by peer`), without
@@ -78,6 +217,7 @@ impl Storage {
         let mut config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(settings.path_style)
             .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts))
+            .interceptor(crate::retry_log::LogRetries)
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(10))
@@ -93,6 +233,7 @@ impl Storage {
         Storage {
             client: Client::from_conf(config.build()),
             bucket: settings.bucket.clone(),
+            endpoint: settings.endpoint.clone(),
             max_attempts: settings.max_attempts,
         }
     }
@@ -103,6 +244,7 @@ impl Storage {
         Storage {
             client,
             bucket: bucket.to_owned(),
+            endpoint: None,
             max_attempts: 1,
         }
     }
@@ -123,7 +265,7 @@ impl Storage {
             .send();
         let mut objects = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|err| storage_error(format!("listing {prefix}"), err))?;
+            let page = page.map_err(|err| self.request_error(format!("listing {prefix}"), err))?;
             objects.extend(page.contents().iter().filter_map(|object| {
                 Some(Listed {
                     key: object.key()?.to_owned(),
@@ -145,7 +287,7 @@ impl Storage {
                 .key(key)
                 .send()
                 .await
-                .map_err(|err| storage_error(format!("downloading {key}"), err))?;
+                .map_err(|err| self.request_error(format!("downloading {key}"), err))?;
             match response.body.collect().await {
                 Ok(body) => {
                     let body = body.into_bytes();
@@ -167,17 +309,69 @@ impl Storage {
         }
     }
 
-    /// Size of object `key` as stored.
-    pub async fn head_size(&self, key: &str) -> Result<u64, WorkerError> {
-        let head = self
+    /// Size and ETag of object `key` as stored; `None` when there is no such object.
+    pub async fn head(&self, key: &str) -> Result<Option<Head>, WorkerError> {
+        let result = self
             .client
             .head_object()
             .bucket(&self.bucket)
             .key(key)
             .send()
+            .await;
+        let head = match result {
+            Ok(head) => head,
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => {
+                return Ok(None);
+            }
+            Err(err) => return Err(self.request_error(format!("HEAD {key}"), err)),
+        };
+        Ok(Some(Head {
+            size: u64::try_from(head.content_length().unwrap_or(-1)).unwrap_or(0),
+            e_tag: head.e_tag().unwrap_or_default().to_owned(),
+        }))
+    }
+
+    /// The whole of a small object `key`, or `None` when there is no such object.
+    pub async fn get_optional(&self, key: &str) -> Result<Option<Bytes>, WorkerError> {
+        let result = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await;
+        let response = match result {
+            Ok(response) => response,
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
+                return Ok(None);
+            }
+            Err(err) => return Err(self.request_error(format!("reading {key}"), err)),
+        };
+        let body = response
+            .body
+            .collect()
             .await
-            .map_err(|err| storage_error(format!("HEAD {key}"), err))?;
-        Ok(u64::try_from(head.content_length().unwrap_or(-1)).unwrap_or(0))
+            .map_err(|err| storage_error(format!("reading {key}"), err))?;
+        Ok(Some(body.into_bytes()))
+    }
+
+    /// Writes a small object `key` in one PutObject.
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(), WorkerError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|err| self.request_error(format!("writing {key}"), err))?;
+        Ok(())
     }
 
     /// A GET URL for `key` that ffprobe can read without credentials, valid for `expires_in`.
@@ -195,7 +389,7 @@ impl Storage {
             .key(key)
             .presigned(config)
             .await
-            .map_err(|err| storage_error(format!("presigning a GET of {key}"), err))?;
+            .map_err(|err| self.request_error(format!("presigning a GET of {key}"), err))?;
         Ok(request.uri().to_owned())
     }
 
@@ -219,7 +413,9 @@ impl Storage {
                 .delete(delete)
                 .send()
                 .await
-                .map_err(|err| storage_error(format!("deleting {} chunks", batch.len()), err))?;
+                .map_err(|err| {
+                    self.request_error(format!("deleting {} chunks", batch.len()), err)
+                })?;
             if let Some(first) = output.errors().first() {
                 return Err(WorkerError::Storage(format!(
                     "deleting chunks: {} of {} failed, first {}: {} {}",
@@ -248,7 +444,7 @@ impl Storage {
             .content_type(content_type)
             .send()
             .await
-            .map_err(|err| storage_error(format!("starting the upload of {key}"), err))?;
+            .map_err(|err| self.request_error(format!("starting the upload of {key}"), err))?;
         let upload_id = created.upload_id().ok_or_else(|| {
             WorkerError::Storage(format!(
                 "starting the upload of {key}: no upload id in the answer"
@@ -290,7 +486,8 @@ impl Upload {
             .send()
             .await
             .map_err(|err| {
-                storage_error(format!("uploading part {number} of {}", self.key), err)
+                self.storage
+                    .request_error(format!("uploading part {number} of {}", self.key), err)
             })?;
         output.e_tag().map(str::to_owned).ok_or_else(|| {
             WorkerError::Storage(format!(
@@ -324,7 +521,10 @@ impl Upload {
             )
             .send()
             .await
-            .map_err(|err| storage_error(format!("completing the upload of {}", self.key), err))?;
+            .map_err(|err| {
+                self.storage
+                    .request_error(format!("completing the upload of {}", self.key), err)
+            })?;
         Ok(())
     }
 
@@ -408,6 +608,33 @@ mod tests {
             Some(Box::new(Layer("operation timed out", None))),
         );
         assert_eq!(error_chain(&repeated), "timeout: operation timed out");
+    }
+
+    #[test]
+    fn refused_settings_are_told_from_storage_being_unwell() {
+        use AccessProblem::*;
+        for (code, status, expected) in [
+            (Some("SignatureDoesNotMatch"), Some(403), Some(Credentials)),
+            (Some("InvalidAccessKeyId"), Some(403), Some(Credentials)),
+            (Some("NotSignedUp"), Some(403), Some(Credentials)),
+            (Some("RequestTimeTooSkewed"), Some(403), Some(Clock)),
+            (Some("NoSuchBucket"), Some(404), Some(Bucket)),
+            (Some("AccessDenied"), Some(403), Some(Denied)),
+            // HEAD answers carry no body, so no code.
+            (None, Some(403), Some(Denied)),
+            (None, Some(401), Some(Credentials)),
+            (Some("NoSuchKey"), Some(404), None),
+            (None, Some(404), None),
+            (Some("InternalError"), Some(500), None),
+            (Some("SlowDown"), Some(503), None),
+            (None, None, None),
+        ] {
+            assert_eq!(
+                access_problem(code, status),
+                expected,
+                "{code:?} {status:?}"
+            );
+        }
     }
 
     #[test]

@@ -77,6 +77,15 @@ pub struct TrackPlan {
     pub output_key: String,
 }
 
+/// A track's output, uploaded and verified.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The report's entry.
+    pub output: RecordingOutput,
+    /// The output's ETag, as storage answered the HEAD that verified it (for the manifest).
+    pub e_tag: String,
+}
+
 /// Processes one track. On any failure (or `cancel`), the multipart upload is aborted and the
 /// chunks are left alone.
 #[tracing::instrument(name = "track", skip_all, fields(participant = %plan.participant))]
@@ -84,7 +93,7 @@ pub async fn process(
     ctx: &Context,
     plan: &TrackPlan,
     cancel: &CancellationToken,
-) -> Result<RecordingOutput, WorkerError> {
+) -> Result<Finished, WorkerError> {
     let mut open_upload = None;
     let result = tokio::select! {
         biased;
@@ -106,7 +115,7 @@ async fn process_inner(
     ctx: &Context,
     plan: &TrackPlan,
     open_upload: &mut Option<Upload>,
-) -> Result<RecordingOutput, WorkerError> {
+) -> Result<Finished, WorkerError> {
     let started = std::time::Instant::now();
     let mut downloads = download(ctx, &plan.chunks);
     let first = downloads
@@ -239,7 +248,7 @@ async fn process_inner(
         tracing::warn!(path = %path.display(), error = %err, "cannot remove the scratch file");
     }
 
-    let duration = verify(ctx, plan, size, &output.expected, input_duration).await?;
+    let (duration, e_tag) = verify(ctx, plan, size, &output.expected, input_duration).await?;
     tracing::info!(
         key = %plan.output_key,
         size,
@@ -265,7 +274,7 @@ async fn process_inner(
             "{note}"
         );
     }
-    Ok(output)
+    Ok(Finished { output, e_tag })
 }
 
 /// The chunks' bytes, in order, with up to `download_ahead` downloads running at once. Each
@@ -422,8 +431,10 @@ async fn watch_log(
     }
 }
 
-/// The error for a demuxer or decoder complaint: the chunk its byte position falls in or, for
-/// messages without one, the chunk being fed (the demuxer lags a little behind, so "at or before").
+/// The error for a demuxer or decoder complaint: the chunk its byte position falls in (ffmpeg's
+/// positions are offsets in the bytes fed to its stdin, where each chunk's range is known) or,
+/// for messages without one (a decoder's), the chunk being fed: ffmpeg reads ahead of what it
+/// decodes, so the damage is in that chunk or one shortly before it ("at or before").
 fn unreadable(plan: &TrackPlan, message: &str, feeding: &AtomicUsize) -> WorkerError {
     let located = media::byte_position(message)
         .and_then(|position| Some((position, chunks::chunk_at(&plan.chunks, position)?)));
@@ -439,7 +450,9 @@ fn unreadable(plan: &TrackPlan, message: &str, feeding: &AtomicUsize) -> WorkerE
         None => {
             let index = feeding.load(Ordering::Relaxed).min(plan.chunks.len() - 1);
             let name = plan.chunks[index].name.clone();
-            let detail = format!("a chunk at or before {name} is unreadable: ffmpeg: {message}");
+            let detail = format!(
+                "a chunk at or before {name} is unreadable (ffmpeg names no byte position; it was being given {name}, and reads a little ahead of what it decodes): ffmpeg: {message}"
+            );
             (name, detail)
         }
     };
@@ -518,25 +531,70 @@ async fn probe_input(
     Ok(input)
 }
 
-/// Checks the uploaded object: its size as stored, and what ffprobe reads from it.
+/// Checks the uploaded object: its size as stored, and what ffprobe reads from it. Returns the
+/// output's duration and its ETag.
+///
+/// ffprobe reads the object over the network like any client: when it cannot, storage may have
+/// gone away rather than the file be broken. So a failed ffprobe is followed by a HEAD (with the
+/// SDK's retries): if storage does not answer, the failure is storage's
+/// ([`WorkerError::Storage`], transient, saying it was unreachable); if it answers, ffprobe gets
+/// a second try, and only a second failure with storage reachable fails the verification.
 async fn verify(
     ctx: &Context,
     plan: &TrackPlan,
     size: u64,
     expected: &[(&'static str, String)],
     input_duration: f64,
-) -> Result<f64, WorkerError> {
+) -> Result<(f64, String), WorkerError> {
     let key = &plan.output_key;
     let failed = |detail: String| WorkerError::Verification {
         key: key.clone(),
         detail,
     };
-    let stored = ctx.storage.head_size(key).await?;
-    if stored != size {
+    let Some(head) = ctx.storage.head(key).await? else {
+        return Err(failed(
+            "storage has no such object right after its upload completed".into(),
+        ));
+    };
+    if head.size != size {
         return Err(failed(format!(
-            "storage holds {stored} bytes, {size} were uploaded"
+            "storage holds {} bytes, {size} were uploaded",
+            head.size
         )));
     }
+    let mut probed = probe_output(ctx, key).await?;
+    if let Err(first) = &probed {
+        tracing::warn!(key = %key, error = %first, "ffprobe cannot read the output; checking that storage is reachable");
+        match ctx.storage.head(key).await {
+            Ok(Some(again)) if again == head => probed = probe_output(ctx, key).await?,
+            Ok(Some(again)) => {
+                return Err(failed(format!(
+                    "the object changed while it was verified: {} bytes (ETag {}), then {} bytes (ETag {})",
+                    head.size, head.e_tag, again.size, again.e_tag
+                )));
+            }
+            Ok(None) => {
+                return Err(failed(
+                    "the object disappeared while it was verified".into(),
+                ));
+            }
+            Err(WorkerError::Storage(detail)) => {
+                return Err(WorkerError::Storage(format!(
+                    "verifying {key}: storage was unreachable (ffprobe could not read the object: {first}; then {detail})"
+                )));
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    let stdout = probed.map_err(|detail| failed(format!("ffprobe cannot read it: {detail}")))?;
+    let info = OutputInfo::from_ffprobe_json(&stdout).map_err(failed)?;
+    let duration = media::verify_output(&info, expected, input_duration).map_err(failed)?;
+    Ok((duration, head.e_tag))
+}
+
+/// ffprobe's JSON about the object `key`, read through a presigned URL; `Err` holds ffprobe's
+/// complaint (the URL's signature replaced by the key).
+async fn probe_output(ctx: &Context, key: &str) -> Result<Result<String, String>, WorkerError> {
     let url = ctx
         .storage
         .presigned_get(key, PRESIGNED_URL_VALIDITY)
@@ -546,20 +604,17 @@ async fn verify(
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(OUTPUT_PROBE_TIMEOUT, probe)
-        .await
-        .map_err(|_| failed("ffprobe did not finish reading it in time".into()))?
-        .map_err(|err| WorkerError::Processing(format!("running ffprobe: {err}")))?;
-    if !output.status.success() {
+    let Ok(output) = tokio::time::timeout(OUTPUT_PROBE_TIMEOUT, probe).await else {
+        return Ok(Err("ffprobe did not finish reading it in time".into()));
+    };
+    let output =
+        output.map_err(|err| WorkerError::Processing(format!("running ffprobe: {err}")))?;
+    if output.status.success() {
+        Ok(Ok(String::from_utf8_lossy(&output.stdout).into_owned()))
+    } else {
         // ffprobe names the URL; its signature stays out of logs and reports.
-        return Err(failed(format!(
-            "ffprobe cannot read it: {}",
-            String::from_utf8_lossy(&output.stderr)
-                .trim()
-                .replace(&url, key)
-        )));
+        Ok(Err(String::from_utf8_lossy(&output.stderr)
+            .trim()
+            .replace(&url, key)))
     }
-    let info =
-        OutputInfo::from_ffprobe_json(&String::from_utf8_lossy(&output.stdout)).map_err(failed)?;
-    media::verify_output(&info, expected, input_duration).map_err(failed)
 }

@@ -7,6 +7,8 @@
 //! do not skip.
 #![allow(dead_code)]
 
+pub mod tap;
+
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Mutex;
@@ -411,6 +413,27 @@ pub async fn run_worker_with_args(
     extra: &[(&str, &str)],
     args: &[&str],
 ) -> anyhow::Result<WorkerRun> {
+    spawn_worker(server.env(bucket), job, extra, args)?
+        .wait()
+        .await
+}
+
+/// A worker process started by [`spawn_worker`], not waited for yet.
+pub struct Spawned {
+    pub child: tokio::process::Child,
+    dir: tempfile::TempDir,
+    report_path: PathBuf,
+    scratch: PathBuf,
+}
+
+/// Starts the worker on `job` with the storage environment `storage_env` (from
+/// [`S3Server::env`] or [`S3Server::env_at`]) and `extra` on top.
+pub fn spawn_worker(
+    storage_env: Vec<(String, String)>,
+    job: &Value,
+    extra: &[(&str, &str)],
+    args: &[&str],
+) -> anyhow::Result<Spawned> {
     let dir = tempfile::tempdir()?;
     let report_path = dir.path().join("termination-log");
     let scratch = dir.path().join("scratch");
@@ -426,7 +449,7 @@ pub async fn run_worker_with_args(
         command.env_remove(name);
     }
     command
-        .envs(server.env(bucket))
+        .envs(storage_env)
         .env("MIXDOWN_TERMINATION_MESSAGE_PATH", &report_path)
         .env("MIXDOWN_SCRATCH_DIR", &scratch)
         .env("MIXDOWN_PROGRESS_INTERVAL_MS", "200")
@@ -441,28 +464,51 @@ pub async fn run_worker_with_args(
         command.env("MIXDOWN_JOB", job.to_string());
     }
     let child = command.spawn().context("starting the worker")?;
-    let output = tokio::time::timeout(Duration::from_secs(600), child.wait_with_output())
-        .await
-        .context("the worker ran for more than 10 minutes")??;
-    let report_text = std::fs::read_to_string(&report_path).unwrap_or_default();
-    if std::env::var_os("MIXDOWN_TEST_SHOW_LOGS").is_some() {
-        eprintln!(
-            "--- worker stderr ---\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let leftovers: Vec<_> = std::fs::read_dir(&scratch)?.collect();
-    ensure!(
-        leftovers.is_empty(),
-        "the worker left files in its scratch dir: {leftovers:?}"
-    );
-    Ok(WorkerRun {
-        status: output.status,
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        report: serde_json::from_str(&report_text).ok(),
-        report_text,
+    Ok(Spawned {
+        child,
+        dir,
+        report_path,
+        scratch,
     })
+}
+
+impl Spawned {
+    /// Waits for the worker to end (at most 10 minutes) and collects what it left.
+    pub async fn wait(self) -> anyhow::Result<WorkerRun> {
+        let Spawned {
+            child,
+            dir,
+            report_path,
+            scratch,
+        } = self;
+        let output = tokio::time::timeout(Duration::from_secs(600), child.wait_with_output())
+            .await
+            .context("the worker ran for more than 10 minutes")??;
+        let report_text = std::fs::read_to_string(&report_path).unwrap_or_default();
+        if std::env::var_os("MIXDOWN_TEST_SHOW_LOGS").is_some() {
+            eprintln!(
+                "--- worker stderr ---\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        // A worker killed with SIGKILL cannot clean up: only a run that ended by itself must
+        // leave its scratch dir empty.
+        if output.status.code().is_some() {
+            let leftovers: Vec<_> = std::fs::read_dir(&scratch)?.collect();
+            ensure!(
+                leftovers.is_empty(),
+                "the worker left files in its scratch dir: {leftovers:?}"
+            );
+        }
+        drop(dir);
+        Ok(WorkerRun {
+            status: output.status,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            report: serde_json::from_str(&report_text).ok(),
+            report_text,
+        })
+    }
 }
 
 /// What ffprobe says about a media file.
