@@ -18,12 +18,16 @@ chunks of each track from S3-compatible storage through ffmpeg into a multipart 
 each output, deletes the chunks, and writes a JSON report to the termination message path.";
 
 const AFTER_HELP: &str = "\
-Credentials come from the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, \
-AWS_SESSION_TOKEN) or the other sources of the AWS SDK's default chain.
+Required: the job (--job or --job-file), the bucket (--s3-bucket), and credentials: the \
+standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) or the other \
+sources of the AWS SDK's default chain. Everything else has a default.
 
-Exit codes: 0 every output written and verified; 2 bad input (no chunks, a missing first chunk, \
-a gap or a wrong count in a sealed track, an unreadable chunk, an invalid job): retrying will not \
-help; 1 anything else (storage, ffmpeg, verification): transient, retry.
+Exit codes: 0 every output written and verified, or found finished by an earlier run (the \
+manifest.json beside the outputs: the same outputs are reported again); 2 bad input (no chunks, a \
+missing first chunk, a gap or a wrong count in a sealed track, an unreadable chunk, an invalid \
+job, a finished recording whose outputs are gone since): retrying will not help; 1 anything else \
+(storage, also storage refusing the credentials or the bucket, ffmpeg, verification): transient, \
+retry.
 
 Log verbosity: RUST_LOG (default info), e.g. RUST_LOG=mixdown_worker=debug.
 
@@ -32,18 +36,36 @@ Example, by hand:
     --job-file job.json --s3-endpoint https://ACCOUNT.r2.cloudflarestorage.com \\
     --s3-bucket recordings --termination-message-path report.json";
 
+/// Heading of the settings a run cannot do without.
+const REQUIRED: &str = "Required";
+
+/// The command line as `--help` shows it: each variable named without its value (`[env:
+/// MIXDOWN_S3_ENDPOINT]`), whether set or not, rather than clap's `MIXDOWN_S3_ENDPOINT=` for an
+/// unset one; the job and the credentials are not values to print anyway.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Args::command().mut_args(|arg| arg.hide_env_values(true))
+}
+
+/// Parses the process's command line and environment ([`command`]).
+pub fn parse() -> Result<Args, clap::Error> {
+    use clap::FromArgMatches;
+    Args::from_arg_matches(&command().try_get_matches()?)
+}
+
 /// The command line; each flag falls back to its environment variable.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "mixdown-worker", version, about = ABOUT, after_help = AFTER_HELP)]
+#[command(name = "mixdown-worker", version, about = ABOUT, after_help = AFTER_HELP, next_help_heading = "Settings")]
 pub struct Args {
     /// The job as JSON (a WorkerJob: roomId, recordingId, tracks[{participantId,
     /// source{prefix, chunkCount (unset: not sealed, processed up to its first gap)}}],
     /// output{prefix, profile: mp4|webm|audio}, cleanup{deleteChunks}). Set by the operator.
-    #[arg(long, env = env::JOB, hide_env_values = true, value_name = "JSON")]
+    /// Required, or --job-file.
+    #[arg(long, env = env::JOB, value_name = "JSON", help_heading = REQUIRED)]
     pub job: Option<String>,
 
     /// Read the job from this file instead (for running by hand); takes precedence over --job.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = REQUIRED)]
     pub job_file: Option<PathBuf>,
 
     /// S3 endpoint URL, e.g. https://ACCOUNT.r2.cloudflarestorage.com. Unset: AWS S3 (or
@@ -52,11 +74,11 @@ pub struct Args {
     pub s3_endpoint: Option<String>,
 
     /// Region to sign requests for; R2 uses `auto`.
-    #[arg(long, env = env::S3_REGION, default_value = "auto")]
+    #[arg(long, env = env::S3_REGION, default_value = "auto", value_name = "REGION")]
     pub s3_region: String,
 
-    /// Bucket holding the chunks and the outputs.
-    #[arg(long, env = env::S3_BUCKET)]
+    /// Bucket holding the chunks and the outputs. Required.
+    #[arg(long, env = env::S3_BUCKET, value_name = "BUCKET", help_heading = REQUIRED)]
     pub s3_bucket: Option<String>,
 
     /// Path-style addressing ({endpoint}/{bucket}/{key}) instead of virtual-hosted style;
@@ -66,7 +88,7 @@ pub struct Args {
 
     /// Attempts per storage request (the AWS SDK's standard retry, exponential backoff), and per
     /// chunk download.
-    #[arg(long, env = "MIXDOWN_S3_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
+    #[arg(long, env = "MIXDOWN_S3_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20), value_name = "N")]
     pub s3_max_attempts: u32,
 
     /// Scratch directory for outputs while ffmpeg writes them (an emptyDir in the Pod). It must
@@ -75,9 +97,11 @@ pub struct Args {
     #[arg(long, env = env::SCRATCH_DIR, value_name = "DIR")]
     pub scratch_dir: Option<PathBuf>,
 
-    /// Where the JSON report (a WorkerReport) is written. The report is printed on stdout too.
-    #[arg(long, env = env::TERMINATION_MESSAGE_PATH, default_value = "/dev/termination-log", value_name = "PATH")]
-    pub termination_message_path: PathBuf,
+    /// Where the JSON report (a WorkerReport) is written; it is printed on stdout too. Unset:
+    /// /dev/termination-log inside a Pod (KUBERNETES_SERVICE_HOST set, or the file exists),
+    /// nowhere else, so that a run by hand does not create it.
+    #[arg(long, env = env::TERMINATION_MESSAGE_PATH, value_name = "PATH")]
+    pub termination_message_path: Option<PathBuf>,
 
     /// Name of the RecordingJob whose status.progress the worker patches (server-side apply).
     /// Unset: progress is only logged.
@@ -85,7 +109,7 @@ pub struct Args {
     pub recording_job: Option<String>,
 
     /// Namespace of that RecordingJob. Unset: the namespace of the kubeconfig or service account.
-    #[arg(long, env = env::NAMESPACE)]
+    #[arg(long, env = env::NAMESPACE, value_name = "NAMESPACE")]
     pub namespace: Option<String>,
 
     /// Progress is reported (patched or logged) this often, in milliseconds.
@@ -161,7 +185,39 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where Kubernetes reads a container's termination message unless told otherwise.
+pub const DEFAULT_TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+
+/// Where the report goes: the path asked for; else Kubernetes' default path when running in a
+/// Pod (`in_pod`: KUBERNETES_SERVICE_HOST is set) or when that file exists (a runtime that
+/// creates it); else nowhere (by hand, the report is on stdout).
+pub fn report_path(
+    asked: Option<&std::path::Path>,
+    in_pod: bool,
+    default_exists: bool,
+) -> Option<PathBuf> {
+    match asked {
+        Some(path) => Some(path.to_owned()),
+        None if in_pod || default_exists => Some(PathBuf::from(DEFAULT_TERMINATION_MESSAGE_PATH)),
+        None => None,
+    }
+}
+
+/// [`report_path`] for this process's environment and file system.
+pub fn report_path_here(asked: Option<&std::path::Path>) -> Option<PathBuf> {
+    report_path(
+        asked,
+        std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty()),
+        std::path::Path::new(DEFAULT_TERMINATION_MESSAGE_PATH).exists(),
+    )
+}
+
 impl Args {
+    /// Where the report goes ([`report_path`]).
+    pub fn report_path(&self) -> Option<PathBuf> {
+        report_path_here(self.termination_message_path.as_deref())
+    }
+
     pub fn scratch_dir(&self) -> PathBuf {
         self.scratch_dir.clone().unwrap_or_else(std::env::temp_dir)
     }
@@ -205,11 +261,28 @@ mod tests {
         assert_eq!(args.part_size(), 8 * 1024 * 1024);
         assert_eq!(args.download_ahead, 8);
         assert_eq!(args.parallel_tracks, 2);
-        assert_eq!(
-            args.termination_message_path,
-            PathBuf::from("/dev/termination-log")
-        );
+        assert_eq!(args.termination_message_path, None);
         assert!(args.progress_interval() <= Duration::from_secs(2));
+    }
+
+    #[test]
+    fn the_report_goes_to_the_termination_log_only_inside_a_pod_or_when_asked() {
+        let asked = std::path::Path::new("report.json");
+        let default = Some(PathBuf::from("/dev/termination-log"));
+        // (asked, in a Pod, /dev/termination-log exists) → where.
+        for (given, in_pod, exists, expected) in [
+            (Some(asked), false, false, Some(asked.to_owned())),
+            (Some(asked), true, true, Some(asked.to_owned())),
+            (None, true, false, default.clone()),
+            (None, false, true, default.clone()),
+            (None, false, false, None),
+        ] {
+            assert_eq!(
+                report_path(given, in_pod, exists),
+                expected,
+                "{given:?} {in_pod} {exists}"
+            );
+        }
     }
 
     #[test]
@@ -236,7 +309,19 @@ mod tests {
 
     #[test]
     fn help_documents_every_environment_variable() {
-        let help = Args::command().render_long_help().to_string();
+        let help = command().render_long_help().to_string();
+        assert!(
+            !help.contains("=]"),
+            "an unset variable shows as NAME=: {help}"
+        );
+        let required = &help[help.find("Required:").expect("a Required heading")..];
+        let required = &required[..required.find("Settings:").unwrap_or(required.len())];
+        for flag in ["--job ", "--job-file", "--s3-bucket"] {
+            assert!(
+                required.contains(flag),
+                "{flag} is not under Required: {help}"
+            );
+        }
         for name in [
             env::JOB,
             env::S3_ENDPOINT,

@@ -7,18 +7,17 @@ use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use clap::Parser;
 use clap::error::ErrorKind;
 use mixdown_crds::WorkerReport;
 use mixdown_crds::names::{env, exit_codes, reasons};
-use mixdown_worker::config::{Args, LogFormat};
+use mixdown_worker::config::{self, Args, LogFormat};
 use mixdown_worker::error::WorkerError;
 use mixdown_worker::report;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let args = match config::parse() {
         Ok(args) => args,
         Err(err)
             if matches!(
@@ -65,36 +64,38 @@ async fn run(args: Args) -> i32 {
     match result {
         Ok(outputs) => {
             tracing::info!(outputs = outputs.len(), "done");
-            finish(
-                &args.termination_message_path,
-                &WorkerReport::Succeeded { outputs },
-            );
+            finish(args.report_path(), &WorkerReport::Succeeded { outputs });
             exit_codes::SUCCESS
         }
         Err(err) => {
             tracing::error!(reason = err.reason(), exit_code = err.exit_code(), "{err}");
             if let Some(report) = err.report() {
-                finish(&args.termination_message_path, &report);
+                finish(args.report_path(), &report);
             }
             err.exit_code()
         }
     }
 }
 
-/// The report goes to the termination message and, for people running the worker by hand, to
-/// stdout.
-fn finish(path: &std::path::Path, report: &WorkerReport) {
+/// The report goes to the termination message (in a Pod, or where asked: [`config::report_path`])
+/// and, for people running the worker by hand, to stdout.
+fn finish(path: Option<PathBuf>, report: &WorkerReport) {
     let json = report::render(report);
-    report::write(path, &json);
+    match path {
+        Some(path) => report::write(&path, &json),
+        None => tracing::debug!(
+            "not in a Pod and no {} given: the report is on stdout only",
+            env::TERMINATION_MESSAGE_PATH
+        ),
+    }
     println!("{json}");
 }
 
 /// Settings clap rejects are bad input like any other: reported, exit 2.
 fn invalid_settings(err: &clap::Error) -> ExitCode {
     let _ = err.print();
-    let path = std::env::var_os(env::TERMINATION_MESSAGE_PATH)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/dev/termination-log"));
+    let asked = std::env::var_os(env::TERMINATION_MESSAGE_PATH).map(PathBuf::from);
+    let path = config::report_path_here(asked.as_deref());
     let message = err.render().to_string();
     let message = message
         .lines()
@@ -108,7 +109,9 @@ fn invalid_settings(err: &clap::Error) -> ExitCode {
             message.trim_start_matches("error: ")
         ),
     });
-    report::write(&path, &json);
+    if let Some(path) = path {
+        report::write(&path, &json);
+    }
     exit(exit_codes::BAD_INPUT)
 }
 

@@ -75,8 +75,9 @@ fn to_json(report: &WorkerReport) -> String {
     serde_json::to_string(report).expect("a WorkerReport always serializes")
 }
 
-/// Writes the rendered report to `path`. A missing directory (running by hand without
-/// `/dev/termination-log`) is logged, not fatal: the report is on stdout too.
+/// Writes the rendered report to `path`. A failure (a directory that does not exist) is logged,
+/// not fatal: the report is on stdout too. By hand and outside a Pod, no path is given and
+/// nothing is written (`config::report_path`).
 pub fn write(path: &Path, json: &str) {
     if let Err(err) = std::fs::write(path, json) {
         tracing::warn!(path = %path.display(), error = %err, "cannot write the termination message");
