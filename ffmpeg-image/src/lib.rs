@@ -303,8 +303,11 @@ pub async fn finish_from_manifest(
             None if left.len() as u64 == sources => format!(
                 "all {sources} source chunks are still there: to make the files again, delete {key} and run again"
             ),
+            None if left.is_empty() => format!(
+                "none of its {sources} source chunks is left, so the files cannot be made again from storage"
+            ),
             None => format!(
-                "{} of its {sources} source chunks are still there (kept), so the files cannot be made again from storage",
+                "{} of its {sources} source chunks are still there (kept), but not all, so the files cannot be made again from storage",
                 left.len()
             ),
         };
