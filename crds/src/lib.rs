@@ -377,6 +377,7 @@ pub struct Retry {
     /// How that run ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// How that run ended, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// Set when the retry was not done, and why (a RecordingJob that succeeded is never processed

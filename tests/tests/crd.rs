@@ -294,3 +294,97 @@ async fn kubectl_explain_shows_the_field_descriptions() {
         "{timeout}"
     );
 }
+
+/// Every description the types give (`crds/src/lib.rs` doc comments) is what `kubectl explain`
+/// shows for its field: each object of the schema is explained once, and the explanation lists
+/// each of its fields with its description. The validation rules (which the servers publish
+/// differently, or not at all) must not cost a description. Servers before 1.24 publish only
+/// OpenAPI v2, where a nullable object (`status`, `spec.resources`, ...) has no fields to list:
+/// there only its own description is checked.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_explain_shows_every_description() {
+    let cp = control_plane_with_crd().await;
+    let crd = RecordingJob::crd();
+    let root = crd.spec.versions[0]
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.clone())
+        .expect("the CRD has a schema");
+    // Embedded Kubernetes types: their fields are described by Kubernetes, not by Mixdown.
+    const EMBEDDED: &[&str] = &["spec.resources", "spec.tolerations", "status.conditions"];
+    let mut objects = vec![(
+        "spec".to_string(),
+        root.properties.as_ref().unwrap()["spec"].clone(),
+    )];
+    objects.push((
+        "status".to_string(),
+        root.properties.as_ref().unwrap()["status"].clone(),
+    ));
+    let normalize = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut checked = 0;
+    while let Some((path, schema)) = objects.pop() {
+        // An array's fields are its items' fields; kubectl explain walks into items by name.
+        let schema = match schema.items {
+            Some(k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(items)) => *items,
+            _ => schema,
+        };
+        let Some(properties) = schema.properties else {
+            continue;
+        };
+        // Its description was checked with its parent's fields; its own fields are not
+        // published where the server has only OpenAPI v2.
+        if schema.nullable == Some(true) && !cp.version().publishes_openapi_v3() {
+            continue;
+        }
+        let resource = format!("recordingjob.{path}");
+        // A new CRD's schema reaches the OpenAPI documents a moment after it is Established.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let explained = loop {
+            let output = Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(cp.kubeconfig_path())
+                .args(["explain", &resource])
+                .output()
+                .expect("kubectl runs (Debian: apt-get install kubernetes-client)");
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            if output.status.success() && properties.keys().all(|k| text.contains(k.as_str())) {
+                break normalize(&text);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "kubectl explain {resource} on Kubernetes {} never listed all of {:?}: {text}{}",
+                cp.version(),
+                properties.keys().collect::<Vec<_>>(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        };
+        for (field, property) in properties {
+            let field_path = format!("{path}.{field}");
+            let description = property
+                .description
+                .as_deref()
+                .unwrap_or_else(|| panic!("{field_path} has no description in the types"));
+            assert!(
+                explained.contains(&normalize(description)),
+                "kubectl explain {resource} on Kubernetes {} lacks the description of {field}: \
+                 {description:?}\n{explained}",
+                cp.version()
+            );
+            checked += 1;
+            if !EMBEDDED.contains(&field_path.as_str()) {
+                objects.push((field_path, property));
+            }
+        }
+    }
+    // All of them (spec and status) from 1.24; the spec's alone before.
+    let expected = if cp.version().publishes_openapi_v3() {
+        40
+    } else {
+        20
+    };
+    assert!(
+        checked > expected,
+        "only {checked} descriptions were checked"
+    );
+}

@@ -77,6 +77,13 @@ impl KubeVersion {
         self.at_least(1, 26)
     }
 
+    /// The server publishes OpenAPI v3 (beta and on by default in 1.24, GA in 1.27), which
+    /// `kubectl explain` prefers. In the v2 document a CRD's `nullable` objects lose their
+    /// fields (v2 has no `nullable`), so there `kubectl explain` lists none of them.
+    pub fn publishes_openapi_v3(self) -> bool {
+        self.at_least(1, 24)
+    }
+
     /// Every ServiceAccount gets a long-lived token Secret from the controller manager, listed
     /// in its `secrets`: true before 1.24. Since then Pods get short-lived tokens through the
     /// TokenRequest API only.
@@ -148,6 +155,7 @@ mod tests {
         assert!(!old.enforces_validation_rules() && current.enforces_validation_rules());
         assert!(!old.has_pod_failure_policy() && current.has_pod_failure_policy());
         assert!(old.creates_token_secrets() && !current.creates_token_secrets());
+        assert!(!old.publishes_openapi_v3() && current.publishes_openapi_v3());
         assert!(KubeVersion::new(1, 25, 0).enforces_validation_rules());
         assert!(!KubeVersion::new(1, 25, 9).has_pod_failure_policy());
         assert!(old < current);
