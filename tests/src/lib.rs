@@ -8,12 +8,14 @@
 //! - [`s3`]: an embedded S3-compatible server that checks signatures like R2 does.
 //! - [`link`]: a network link of limited bandwidth in front of it, for benchmarks.
 //! - [`gate`]: a proxy that freezes or cuts the traffic to a server, for network faults.
+//! - [`helm`]: the real Helm CLI, for the chart's tests.
 //! - [`stack`]: all of it together with the real worker and operator, for end-to-end tests.
 
 mod background;
 pub mod bins;
 pub mod cluster;
 pub mod gate;
+pub mod helm;
 pub mod link;
 pub mod pods;
 pub mod s3;

@@ -36,6 +36,7 @@
 mod container;
 pub(crate) mod podman;
 mod run;
+mod services;
 mod status;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -131,6 +132,8 @@ impl PodRunner {
         };
         let groups = Groups::default();
         let containers = Containers::default();
+        let services = Arc::new(services::Services::default());
+        let (runner_client, runner_namespace) = (self.client.clone(), self.namespace.clone());
         let runner = Arc::new(Runner {
             client: self.client,
             namespace: self.namespace,
@@ -142,6 +145,7 @@ impl PodRunner {
             dir: dir.clone(),
             groups: groups.clone(),
             containers: containers.clone(),
+            services: services.clone(),
         });
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(watch_pods(runner, stopped));
@@ -151,6 +155,9 @@ impl PodRunner {
             dir,
             groups,
             containers,
+            services,
+            client: runner_client,
+            namespace: runner_namespace,
             stop: Some(stop),
             task: Some(task),
         })
@@ -173,11 +180,27 @@ pub struct PodRunnerHandle {
     dir: PathBuf,
     groups: Groups,
     containers: Containers,
+    services: Arc<services::Services>,
+    client: Client,
+    namespace: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
 
 impl PodRunnerHandle {
+    /// Where Service `name` of the namespace answers on `port` (the Service's port), as Pods
+    /// reach it by name (see the `services` module): connections there go to its ready Pods, as
+    /// through kube-proxy. Serves the namespace's Services first if no Pod did yet.
+    pub async fn service_address(&self, name: &str, port: u16) -> Result<std::net::SocketAddr> {
+        if let Some(addr) = self.services.address(name, port) {
+            return Ok(addr);
+        }
+        self.services.hosts(&self.client, &self.namespace).await?;
+        self.services
+            .address(name, port)
+            .with_context(|| format!("no Service {name} with a selector in {}", self.namespace))
+    }
+
     /// The name of the runner's Node, which its Pods are bound to.
     pub fn node_name(&self) -> &str {
         &self.node
@@ -231,6 +254,8 @@ struct Runner {
     dir: PathBuf,
     groups: Groups,
     containers: Containers,
+    /// The namespace's Services, for the containers run with podman.
+    services: Arc<services::Services>,
 }
 
 /// The process groups of the containers a runner started, so that they can all be killed at once.

@@ -10,8 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::{
@@ -31,92 +30,7 @@ use serde_json::{Value, json};
 /// The API server version of the test control plane; renders without a cluster target it.
 const KUBE_VERSION: &str = "v1.20.2";
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-fn chart_dir() -> PathBuf {
-    repo_root().join("charts/mixdown")
-}
-
-/// The helm binary: `MIXDOWN_HELM`, or the last line of `tests/helm/setup.sh`.
-fn helm_bin() -> &'static Path {
-    static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| {
-        if let Some(path) = std::env::var_os("MIXDOWN_HELM").filter(|p| !p.is_empty()) {
-            let path = PathBuf::from(path);
-            assert!(
-                path.is_file(),
-                "MIXDOWN_HELM={} is not a file; unset it to build helm with tests/helm/setup.sh",
-                path.display()
-            );
-            return path;
-        }
-        let script = repo_root().join("tests/helm/setup.sh");
-        let output = Command::new("bash")
-            .arg(&script)
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let last = stdout.lines().last().unwrap_or_default().trim();
-        assert!(
-            output.status.success() && !last.is_empty() && Path::new(last).is_file(),
-            "no helm CLI for the chart tests: {} failed (its messages are above). Install Go and \
-             run it, or set MIXDOWN_HELM to a helm v4 binary.",
-            script.display()
-        );
-        PathBuf::from(last)
-    })
-}
-
-/// Helm with its own config, cache and data folders, so no user setting or repository leaks in.
-fn helm_command() -> Command {
-    static HOME: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let home = HOME.get_or_init(|| tempfile::tempdir().expect("a temporary helm home"));
-    let mut cmd = Command::new(helm_bin());
-    cmd.env("HELM_CONFIG_HOME", home.path().join("config"))
-        .env("HELM_CACHE_HOME", home.path().join("cache"))
-        .env("HELM_DATA_HOME", home.path().join("data"))
-        .env_remove("KUBECONFIG");
-    cmd
-}
-
-fn run(mut cmd: Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
-}
-
-/// Runs helm and returns stdout; panics with stderr when it fails.
-fn helm_ok(args: &[&str]) -> String {
-    let mut cmd = helm_command();
-    cmd.args(args);
-    let output = run(cmd);
-    assert!(
-        output.status.success(),
-        "helm {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("helm prints UTF-8")
-}
-
-/// Runs helm expecting a failure; returns stdout and stderr together.
-fn helm_fails(args: &[&str]) -> String {
-    let mut cmd = helm_command();
-    cmd.args(args);
-    let output = run(cmd);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(!output.status.success(), "helm {args:?} succeeded:\n{text}");
-    text
-}
+use mixdown_testkit::helm::{self, chart_dir, repo_root};
 
 /// Every `ci/*-values.yaml`, sorted.
 fn ci_values() -> Vec<PathBuf> {
@@ -154,7 +68,7 @@ fn template_text(namespace: &str, args: &[&str]) -> String {
         KUBE_VERSION,
     ];
     all.extend_from_slice(args);
-    helm_ok(&all)
+    helm::ok(&all)
 }
 
 /// The YAML documents of a render, empty ones dropped.
@@ -223,10 +137,10 @@ fn values_file(dir: &tempfile::TempDir, name: &str, yaml: &str) -> PathBuf {
 #[test]
 fn lint_passes_with_the_defaults_and_every_ci_values_file() {
     let chart = chart_dir();
-    let out = helm_ok(&["lint", "--strict", path_str(&chart)]);
+    let out = helm::ok(&["lint", "--strict", path_str(&chart)]);
     assert!(out.contains("0 chart(s) failed"), "{out}");
     for values in ci_values() {
-        let out = helm_ok(&[
+        let out = helm::ok(&[
             "lint",
             "--strict",
             path_str(&chart),
@@ -395,13 +309,13 @@ fn a_value_of_the_wrong_type_is_refused_naming_the_field() {
             args.push("mixdown");
         }
         args.extend([path_str(&chart), "--values", path_str(&wrong)]);
-        let err = helm_fails(&args);
+        let err = helm::fails(&args);
         assert!(
             err.contains("/operator/replicas") || err.contains("operator.replicas"),
             "helm {verb} names the field: {err}"
         );
     }
-    let err = helm_fails(&[
+    let err = helm::fails(&[
         "template",
         "mixdown",
         path_str(&chart),
@@ -457,7 +371,7 @@ fn worker_defaults_reach_the_api_as_its_job_settings_and_out_of_range_ones_are_r
         ("worker.startTimeoutSeconds=0", "startTimeoutSeconds"),
         ("worker.startTimeoutSeconds=90000", "startTimeoutSeconds"),
     ] {
-        let err = helm_fails(&["template", "mixdown", path_str(&chart), "--set", value]);
+        let err = helm::fails(&["template", "mixdown", path_str(&chart), "--set", value]);
         assert!(
             err.contains(field),
             "{value} is refused naming {field}: {err}"
@@ -520,9 +434,21 @@ fn every_environment_variable_the_chart_gives_the_api_and_its_test_pod_is_one_th
         ),
     ] {
         let read = env_names_in_help(args);
-        let unread: Vec<String> = env_of(container)
-            .into_keys()
-            .filter(|name| !read.contains(name) && !extra.contains(&name.as_str()))
+        let env = env_of(container);
+        // A variable that another one's value refers to (`$(POD_IP)`, the downward API) is read
+        // through that one.
+        let referenced = |name: &str| {
+            env.values().any(|v| {
+                v.as_str()
+                    .is_some_and(|v| v.contains(&format!("$({name})")))
+            })
+        };
+        let unread: Vec<String> = env
+            .keys()
+            .filter(|name| {
+                !read.contains(name) && !extra.contains(&name.as_str()) && !referenced(name)
+            })
+            .cloned()
             .collect();
         assert!(
             unread.is_empty(),
@@ -537,7 +463,7 @@ fn an_unknown_key_is_refused_naming_it() {
     // A typo a user makes: `replica` for `replicas`.
     let typo = values_file(&dir, "typo.yaml", "api:\n  replica: 3\n");
     let chart = chart_dir();
-    let err = helm_fails(&[
+    let err = helm::fails(&[
         "template",
         "mixdown",
         path_str(&chart),
@@ -548,7 +474,7 @@ fn an_unknown_key_is_refused_naming_it() {
         err.contains("replica") && err.contains("additional properties"),
         "the unknown key is named: {err}"
     );
-    let err = helm_fails(&[
+    let err = helm::fails(&[
         "template",
         "mixdown",
         path_str(&chart),
@@ -946,7 +872,7 @@ async fn install_upgrade_and_uninstall_leave_what_a_user_expects() {
     let mut install = vec!["install", "mixdown", path_str(&chart)];
     install.extend(base);
     install.extend(storage);
-    helm_ok(&install);
+    helm::ok(&install);
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = crds
@@ -1030,7 +956,7 @@ async fn install_upgrade_and_uninstall_leave_what_a_user_expects() {
         "--set",
         "worker.maxRunningJobs=3",
     ]);
-    helm_ok(&upgrade);
+    helm::ok(&upgrade);
     let api_deployment = deployments
         .get("mixdown-api")
         .await
@@ -1047,7 +973,7 @@ async fn install_upgrade_and_uninstall_leave_what_a_user_expects() {
             .any(|e| e.name == "MIXDOWN_MAX_RUNNING_JOBS" && e.value.as_deref() == Some("3")),
         "{env:?}"
     );
-    let status = helm_ok(&[
+    let status = helm::ok(&[
         "status",
         "mixdown",
         "--namespace",
@@ -1059,7 +985,7 @@ async fn install_upgrade_and_uninstall_leave_what_a_user_expects() {
 
     let mut uninstall = vec!["uninstall", "mixdown"];
     uninstall.extend(base);
-    let out = helm_ok(&uninstall);
+    let out = helm::ok(&uninstall);
     assert!(
         out.contains("recordingjobs.mixdown.dev") || out.contains("kept"),
         "helm says what it kept: {out}"
@@ -1090,7 +1016,7 @@ async fn watching_all_namespaces_grants_the_operator_every_namespace_and_nothing
     let chart = chart_dir();
     let values = chart.join("ci/cluster-wide-values.yaml");
     // A second release of a cluster whose CRD another release owns: crds.enabled=false.
-    helm_ok(&[
+    helm::ok(&[
         "install",
         "cluster-wide",
         path_str(&chart),
@@ -1175,7 +1101,7 @@ async fn watching_all_namespaces_grants_the_operator_every_namespace_and_nothing
         )],
     )
     .await;
-    helm_ok(&[
+    helm::ok(&[
         "uninstall",
         "cluster-wide",
         "--namespace",

@@ -120,3 +120,27 @@ left out, so a component that needs one says so by its flag name in its log.
       name: {{ .Values.storage.existingSecret | quote }}
       key: AWS_SECRET_ACCESS_KEY
 {{- end -}}
+
+{{/*
+The address a component listens on for `port`: every address, or the Pod's own IP
+(`listenOnPodIP`; the container's env then defines POD_IP before the variable that uses it).
+*/}}
+{{- define "mixdown.listenAddr" -}}
+{{- if .ctx.Values.listenOnPodIP -}}
+{{- printf "$(POD_IP):%d" (int .port) -}}
+{{- else -}}
+{{- printf "0.0.0.0:%d" (int .port) -}}
+{{- end -}}
+{{- end }}
+
+{{/*
+The POD_IP variable that mixdown.listenAddr refers to, when `listenOnPodIP` is on.
+*/}}
+{{- define "mixdown.podIPEnv" -}}
+{{- if .Values.listenOnPodIP }}
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+{{- end }}
+{{- end }}

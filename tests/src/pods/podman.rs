@@ -237,6 +237,8 @@ pub(super) struct RunSpec<'a> {
     pub mounts: &'a PathMap,
     /// Mount paths that are read-only.
     pub read_only: &'a [String],
+    /// Host names of the namespace's Services and their addresses, for `/etc/hosts`.
+    pub hosts: &'a [(String, std::net::IpAddr)],
 }
 
 /// Environment variables that podman itself reads: these are passed with their values on the
@@ -254,6 +256,7 @@ pub(super) fn run_args(spec: &RunSpec<'_>) -> (Vec<String>, Vec<(String, String)
         env,
         mounts,
         read_only,
+        hosts,
     } = spec;
     let mut args: Vec<String> = vec![
         "run".into(),
@@ -268,6 +271,9 @@ pub(super) fn run_args(spec: &RunSpec<'_>) -> (Vec<String>, Vec<(String, String)
     ];
     if let Some(hostname) = pod.metadata.name.as_deref() {
         args.extend(["--hostname".into(), hostname.to_string()]);
+    }
+    for (host, ip) in hosts.iter() {
+        args.extend(["--add-host".into(), format!("{host}:{ip}")]);
     }
     let sec = security(pod, container);
     match (sec.run_as_user, sec.run_as_group) {
@@ -539,6 +545,7 @@ mod tests {
             env,
             mounts,
             read_only: &[SERVICE_ACCOUNT_DIR.to_string()],
+            hosts: &[],
         })
         .0
     }
@@ -620,6 +627,7 @@ mod tests {
             env: &env,
             mounts: &mounts,
             read_only: &[SERVICE_ACCOUNT_DIR.to_string()],
+            hosts: &[],
         });
         let joined = args.join(" ");
         assert!(

@@ -446,6 +446,11 @@ impl<'a> PodWorker<'a> {
         )
         .await?;
         let name = podman::container_name(self.pod);
+        let hosts = self
+            .runner
+            .services
+            .hosts(&self.runner.client, &self.runner.namespace)
+            .await?;
         let (args, env) = podman::run_args(&podman::RunSpec {
             pod: self.pod,
             container,
@@ -453,6 +458,7 @@ impl<'a> PodWorker<'a> {
             env: &env,
             mounts: &mounts,
             read_only: &read_only,
+            hosts: &hosts,
         });
         Ok(Start::Podman {
             container: name,
