@@ -251,6 +251,13 @@ async fn bench(
         if repeat > 1 {
             eprintln!("bench: run {run} of {repeat}");
         }
+        // The run before left its manifest, which would make this run report the recording as
+        // finished without processing it.
+        let manifest = format!(
+            "{}manifest.json",
+            job["output"]["prefix"].as_str().unwrap_or_default()
+        );
+        common::delete(&client, &bucket, &manifest).await?;
         let (elapsed, rss, children_rss) =
             run_worker(&server, &endpoint, &bucket, &job, work.path()).await?;
         eprintln!(

@@ -83,6 +83,9 @@ impl Setup {
         tokio::select! {
             () = tap.triggered() => {}
             status = worker.child.wait() => anyhow::bail!("the worker ended before its delete: {status:?}"),
+            () = tokio::time::sleep(std::time::Duration::from_secs(300)) => {
+                anyhow::bail!("no DeleteObjects within 5 minutes")
+            }
         }
         // SIGKILL: the worker gets no chance to do anything more.
         worker.child.start_kill()?;
