@@ -276,3 +276,42 @@ async fn the_server_keeps_the_rules_only_from_1_25() {
         );
     }
 }
+
+/// The README's way to install the CRD, `kubectl apply -f crds/recordingjob.yaml`, works on every
+/// version; before 1.23 (which added `x-kubernetes-validations` to the CRD type) kubectl checks the
+/// file against the server's own schema of CRDs and refuses the unknown field unless told
+/// `--validate=false`, and the server then drops the rules.
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_apply_of_the_committed_crd_works_on_every_version() {
+    let cp = control_plane_with_crd().await;
+    let yaml = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/recordingjob.yaml");
+    let apply = |extra: &[&str]| {
+        std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig_path())
+            .args(["apply", "-f", yaml])
+            .args(extra)
+            .output()
+            .expect("kubectl runs (Debian: apt-get install kubernetes-client)")
+    };
+    let knows_rules = cp.version() >= mixdown_testkit::cluster::KubeVersion::new(1, 23, 0);
+    let output = if knows_rules {
+        apply(&[])
+    } else {
+        let refused = apply(&[]);
+        assert!(
+            !refused.status.success()
+                && String::from_utf8_lossy(&refused.stderr).contains("x-kubernetes-validations"),
+            "kubectl's own check of the file names the field Kubernetes {} does not know",
+            cp.version()
+        );
+        apply(&["--validate=false"])
+    };
+    assert!(
+        output.status.success(),
+        "kubectl apply -f crds/recordingjob.yaml on Kubernetes {}: {}{}",
+        cp.version(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
