@@ -300,7 +300,7 @@ pub async fn finish_from_manifest(
     if !problems.is_empty() {
         let kept = match &unlisted {
             Some(err) => format!("the chunks left could not be listed ({err})"),
-            None if left.len() as u64 == sources => format!(
+            None if left.len() as u64 >= sources => format!(
                 "all {sources} source chunks are still there: to make the files again, delete {key} and run again"
             ),
             None if left.is_empty() => format!(
