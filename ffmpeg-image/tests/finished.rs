@@ -1,7 +1,8 @@
 //! Finished is finished: a run of a recording that an earlier run finished (its manifest is
 //! there) reports the same outputs, whether the earlier run ended normally, was killed right
-//! after deleting the chunks and before its report, or in the middle of deleting them; and an
-//! output that is gone since is said so, with every chunk left kept.
+//! after deleting the chunks and before its report, in the middle of deleting them, or right
+//! after writing the manifest; and an output that is gone since is said so, with every chunk
+//! left kept.
 //!
 //! The worker is the real binary against the test kit's S3 server; it is killed with SIGKILL at
 //! the moment a tap between the two (`common/tap.rs`) has passed its DeleteObjects on to storage
@@ -63,17 +64,21 @@ impl Setup {
             .expect("listing")
     }
 
-    /// Runs the worker through a tap that holds the answer to the `nth` DeleteObjects, kills the
-    /// worker with SIGKILL once storage has carried the delete out, and returns the killed run.
+    /// [`Setup::killed_at`] the `nth` DeleteObjects.
     async fn killed_at_delete(&self, job: &Value, nth: usize) -> anyhow::Result<WorkerRun> {
-        let tap = Tap::start(
-            self.server.endpoint(),
-            Rule::HoldAnswer {
-                needle: "?delete",
-                nth,
-            },
-        )
-        .await?;
+        self.killed_at("?delete", nth, job).await
+    }
+
+    /// Runs the worker through a tap that holds the answer to the `nth` request holding
+    /// `needle`, kills the worker with SIGKILL once storage has carried that request out, and
+    /// returns the killed run.
+    async fn killed_at(
+        &self,
+        needle: &'static str,
+        nth: usize,
+        job: &Value,
+    ) -> anyhow::Result<WorkerRun> {
+        let tap = Tap::start(self.server.endpoint(), Rule::HoldAnswer { needle, nth }).await?;
         let mut worker = spawn_worker(
             self.server.env_at(&self.bucket, tap.endpoint()),
             job,
@@ -211,6 +216,33 @@ async fn killed_in_the_middle_of_deleting_a_rerun_deletes_the_rest_and_succeeds(
             .contains("source chunks an earlier run left deleted"),
         "{}",
         rerun.explain()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_after_writing_the_manifest_and_before_deleting_a_rerun_deletes_and_succeeds()
+-> anyhow::Result<()> {
+    let setup = setup().await?;
+    let (job, chunk_keys) = setup.record("rec-early", &chunks(&VP8_30S)?, true).await?;
+    let prefix = chunk_prefix(ROOM, "rec-early", "alice");
+
+    // The run's first request reads the manifest (there is none); its second writes it.
+    setup.killed_at("manifest.json", 2, &job).await?;
+    assert_eq!(
+        setup.keys(&prefix).await,
+        chunk_keys,
+        "no chunk deleted yet"
+    );
+    get(&setup.client, &setup.bucket, &manifest_key("rec-early")).await?;
+
+    let rerun = run_worker(&setup.server, &setup.bucket, &job, &[]).await?;
+
+    assert_eq!(outputs(&rerun)[0]["chunks"], 30, "{}", rerun.explain());
+    assert_eq!(
+        setup.keys(&prefix).await,
+        Vec::<String>::new(),
+        "deleted now"
     );
     Ok(())
 }

@@ -117,8 +117,13 @@ impl Shared {
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+/// Whether `needle` is in `window` and ends after its first `carried` bytes (the end of the read
+/// before, kept so that a needle split across two reads is found, and counted once).
+fn contains(window: &[u8], carried: usize, needle: &[u8]) -> bool {
+    window
+        .windows(needle.len())
+        .enumerate()
+        .any(|(at, w)| w == needle && at + needle.len() > carried)
 }
 
 async fn connection(client: TcpStream, shared: Arc<Shared>) {
@@ -144,16 +149,17 @@ async fn connection(client: TcpStream, shared: Arc<Shared>) {
                 return;
             }
             let mut window = std::mem::take(&mut carry);
+            let carried = window.len();
             window.extend_from_slice(&buf[..n]);
             let rule = shared.rule.lock().expect("rule").clone();
             match rule {
                 Rule::HoldAnswer { needle, nth }
-                    if contains(&window, needle.as_bytes())
+                    if contains(&window, carried, needle.as_bytes())
                         && shared.seen.fetch_add(1, Ordering::SeqCst) + 1 == nth =>
                 {
                     hold.store(true, Ordering::SeqCst);
                 }
-                Rule::CutAt { needle } if contains(&window, needle.as_bytes()) => {
+                Rule::CutAt { needle } if contains(&window, carried, needle.as_bytes()) => {
                     shared.down.store(true, Ordering::SeqCst);
                     shared.fire();
                     return;
