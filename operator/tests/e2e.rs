@@ -96,9 +96,14 @@ async fn a_two_track_recording_is_processed_and_its_story_told() {
         "no progress between 1 and 99 seen: {progress:?}"
     );
 
-    // Chunks are gone, outputs are there.
+    // Chunks are gone; the outputs are there, with the worker's manifest of what it made.
     assert!(world.keys("riverside/chunks/room1/rec1/").await.is_empty());
-    assert_eq!(world.keys("riverside/processed/room1/rec1/").await.len(), 2);
+    let mut processed = world.keys("riverside/processed/room1/rec1/").await;
+    processed.sort();
+    let mut expected: Vec<String> = status.outputs.iter().map(|o| o.key.clone()).collect();
+    expected.push("riverside/processed/room1/rec1/manifest.json".into());
+    expected.sort();
+    assert_eq!(processed, expected);
 
     // Events: created, started, succeeded.
     let events: Api<Event> = Api::namespaced(world.client.clone(), world.namespace());
