@@ -4,7 +4,9 @@
 //!   and, once the chart exists, `charts/mixdown/crds/recordingjob.yaml`.
 //! - `test`: the whole test suite as CI runs it: prerequisites checked (loudly), the tests' npm
 //!   packages installed from their lockfiles, formatting, clippy, the worker image, then every
-//!   unit and integration test.
+//!   unit and integration test on a current Kubernetes (1.34), and the suites that hold the
+//!   old-server fallbacks honest (the CRD contract, the operator's end-to-end tests) on the
+//!   oldest one Mixdown supports (1.20) too.
 //! - `up`: all of Mixdown on this machine (local control plane, storage, pod runner, operator,
 //!   API with the studio page), built in release mode, until Ctrl-C; with `--kubeconfig` and
 //!   storage settings, only the operator and the API, against that cluster and storage.
@@ -31,6 +33,11 @@ enum Cmd {
         /// Skip building the images with podman (their tests then fail, naming the cause).
         #[arg(long)]
         skip_image: bool,
+        /// Which Kubernetes the control-plane suites run on: `both` (every suite on the
+        /// current version, the old-server set on 1.20 as well), `current`, or `1.20` (only the
+        /// old-server set).
+        #[arg(long, value_enum, default_value_t = Kubernetes::Both)]
+        kubernetes: Kubernetes,
         /// Extra arguments for `cargo test`, after `--` (e.g. a test name filter).
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
@@ -44,14 +51,38 @@ enum Cmd {
     },
 }
 
+/// The Kubernetes versions `cargo xtask test` runs the control-plane suites on.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Kubernetes {
+    Both,
+    Current,
+    #[value(name = "1.20")]
+    Old,
+}
+
+/// The `KUBE_VERSION` of `tests/envtest/setup.sh` that every control-plane suite runs on.
+const CURRENT_KUBERNETES: &str = "1.34";
+/// The oldest Kubernetes Mixdown supports, where the operator and the CRD take their fallbacks
+/// (no `podFailurePolicy`, no CEL validation rules).
+const OLD_KUBERNETES: &str = "1.20";
+/// Where the old version's folder may be given instead of running the setup script.
+const OLD_ASSETS_VAR: &str = "MIXDOWN_KUBEBUILDER_ASSETS_1_20";
+/// The test targets that run on the old version too. They hold what differs by version: the CRD
+/// as the server takes it (`crd`, `crd_rules`), and the operator's fallbacks (`server_versions`,
+/// and `e2e`: the operator's and the API's end-to-end tests). Selected by name across the
+/// workspace, so they are the very builds of the first run: a `-p` selection would resolve other
+/// features and compile the dependencies a second time.
+const OLD_KUBERNETES_TESTS: &[&str] = &["crd", "crd_rules", "server_versions", "e2e"];
+
 fn main() -> anyhow::Result<()> {
     let root = workspace_root();
     match Cli::parse().command {
         Cmd::Crdgen => crdgen(&root),
         Cmd::Test {
             skip_image,
+            kubernetes,
             cargo_test_args,
-        } => test(&root, skip_image, &cargo_test_args),
+        } => test(&root, skip_image, kubernetes, &cargo_test_args),
         Cmd::Up { args } => up(&root, &args),
     }
 }
@@ -60,7 +91,10 @@ fn main() -> anyhow::Result<()> {
 const LOCAL_PREREQUISITES: &[(&str, &str)] = &[
     ("ffmpeg", "sudo apt-get install ffmpeg"),
     ("ffprobe", "sudo apt-get install ffmpeg"),
-    ("etcd", "sudo apt-get install etcd-server"),
+    (
+        "go",
+        "Go 1.26 or newer, which builds the local Kubernetes binaries once (tests/envtest/setup.sh)",
+    ),
 ];
 
 fn up(root: &Path, args: &[String]) -> anyhow::Result<()> {
@@ -77,7 +111,7 @@ fn up(root: &Path, args: &[String]) -> anyhow::Result<()> {
         if let Some(missing) = missing(LOCAL_PREREQUISITES) {
             bail!("Mixdown's local run needs:\n{missing}");
         }
-        prepare_envtest(&mut sh)?;
+        prepare_envtest(&mut sh, CURRENT_KUBERNETES)?;
     }
     // Every binary the run starts, built once, in release mode (the worker encodes video).
     sh.run(sh.cmd("cargo").args([
@@ -157,14 +191,19 @@ const PREREQUISITES: &[(&str, &str)] = &[
     ("chromium", "apt-get install chromium"),
     (
         "go",
-        "Go 1.26 or newer, which builds the helm CLI the chart tests run",
+        "Go 1.26 or newer, which builds the current Kubernetes binaries and the helm CLI the tests run",
     ),
 ];
 
 /// npm packages the tests use, each installed from its folder's lockfile (`npm ci`).
 const NPM_FOLDERS: &[&str] = &["api/tests/client"];
 
-fn test(root: &Path, skip_image: bool, cargo_test_args: &[String]) -> anyhow::Result<()> {
+fn test(
+    root: &Path,
+    skip_image: bool,
+    kubernetes: Kubernetes,
+    cargo_test_args: &[String],
+) -> anyhow::Result<()> {
     if let Some(missing) = missing(PREREQUISITES) {
         bail!(
             "the tests need programs that are not installed:\n{missing}\n(`bash .ci/run` installs them all on Debian)"
@@ -175,7 +214,14 @@ fn test(root: &Path, skip_image: bool, cargo_test_args: &[String]) -> anyhow::Re
         root: root.to_path_buf(),
         env: Vec::new(),
     };
-    prepare_envtest(&mut sh)?;
+    let old_assets = if kubernetes == Kubernetes::Current {
+        None
+    } else {
+        Some(old_envtest(&sh)?)
+    };
+    if kubernetes != Kubernetes::Old {
+        prepare_envtest(&mut sh, CURRENT_KUBERNETES)?;
+    }
     prepare_helm(&mut sh)?;
 
     for folder in NPM_FOLDERS {
@@ -218,13 +264,52 @@ fn test(root: &Path, skip_image: bool, cargo_test_args: &[String]) -> anyhow::Re
         "debug"
     };
     let bin_dir = target_dir(root).join(profile);
-    sh.run(
-        sh.cmd("cargo")
-            .args(["test", "--workspace", "--no-fail-fast"])
+    let mut failed = Vec::new();
+    if kubernetes != Kubernetes::Old {
+        let started = std::time::Instant::now();
+        let result = sh.run(
+            sh.cmd("cargo")
+                .args(["test", "--workspace", "--no-fail-fast"])
+                .args(cargo_test_args)
+                .env("MIXDOWN_BIN_DIR", &bin_dir),
+        );
+        println!(
+            "xtask: every test on Kubernetes {CURRENT_KUBERNETES}: {} in {} s",
+            if result.is_ok() { "passed" } else { "FAILED" },
+            started.elapsed().as_secs()
+        );
+        if result.is_err() {
+            failed.push(format!("tests on Kubernetes {CURRENT_KUBERNETES}"));
+        }
+    }
+    if let Some(old_assets) = old_assets {
+        // The same build as above (same profile and features): nothing is compiled again.
+        let started = std::time::Instant::now();
+        let mut command = sh.cmd("cargo");
+        command.args(["test", "--workspace", "--no-fail-fast"]);
+        for target in OLD_KUBERNETES_TESTS {
+            command.args(["--test", target]);
+        }
+        command
             .args(cargo_test_args)
-            .env("MIXDOWN_BIN_DIR", &bin_dir),
-    )
-    .context("tests failed")?;
+            .env("KUBEBUILDER_ASSETS", &old_assets);
+        // The binaries the first run built; alone, the tests build the ones they run.
+        if kubernetes == Kubernetes::Both {
+            command.env("MIXDOWN_BIN_DIR", &bin_dir);
+        }
+        let result = sh.run(&mut command);
+        println!(
+            "xtask: the old-server suites on Kubernetes {OLD_KUBERNETES}: {} in {} s",
+            if result.is_ok() { "passed" } else { "FAILED" },
+            started.elapsed().as_secs()
+        );
+        if result.is_err() {
+            failed.push(format!("tests on Kubernetes {OLD_KUBERNETES}"));
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{} failed", failed.join(" and "));
+    }
     println!("xtask: every check and test passed");
     Ok(())
 }
@@ -283,14 +368,39 @@ fn prepare_helm(sh: &mut Shell) -> anyhow::Result<()> {
 }
 
 /// Sets KUBEBUILDER_ASSETS for `sh`'s commands, unless it is set: the local Kubernetes binaries
-/// as `tests/envtest/setup.sh` prepares them.
-fn prepare_envtest(sh: &mut Shell) -> anyhow::Result<()> {
-    prepare_from_script(
+/// of `kube_version` as `tests/envtest/setup.sh` prepares them.
+fn prepare_envtest(sh: &mut Shell, kube_version: &str) -> anyhow::Result<()> {
+    sh.env.push(("KUBE_VERSION".into(), kube_version.into()));
+    let prepared = prepare_from_script(
         sh,
         "KUBEBUILDER_ASSETS",
         "tests/envtest/setup.sh",
-        "KUBEBUILDER_ASSETS",
-    )
+        &format!("the Kubernetes {kube_version} binaries (KUBEBUILDER_ASSETS)"),
+    );
+    sh.env.retain(|(var, _)| var != "KUBE_VERSION");
+    prepared
+}
+
+/// The folder of the old version's binaries: `MIXDOWN_KUBEBUILDER_ASSETS_1_20`, or what
+/// `KUBE_VERSION=1.20 tests/envtest/setup.sh` prepares.
+fn old_envtest(sh: &Shell) -> anyhow::Result<String> {
+    if let Some(dir) = std::env::var_os(OLD_ASSETS_VAR) {
+        return Ok(dir.to_string_lossy().into_owned());
+    }
+    let output = sh
+        .capture(
+            sh.cmd("bash")
+                .arg("tests/envtest/setup.sh")
+                .env("KUBE_VERSION", OLD_KUBERNETES),
+        )
+        .with_context(|| {
+            format!(
+                "preparing the Kubernetes {OLD_KUBERNETES} binaries with tests/envtest/setup.sh"
+            )
+        })?;
+    let dir = output.lines().last().unwrap_or_default().trim().to_string();
+    println!("xtask: {OLD_ASSETS_VAR}={dir}");
+    Ok(dir)
 }
 
 /// Sets `var` for `sh`'s commands, unless it is set, to the last line `script` prints (the setup
