@@ -209,12 +209,46 @@ pub struct SelftestArgs {
     pub timeout_seconds: u64,
 }
 
+/// `mixdown-api bucket-setup`: applies the CORS rule the studio page needs and the lifecycle
+/// rules that clean up after failures (see `mixdown_api::bucket_setup`), then reads both back.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "bucket-setup",
+    about = "Applies the bucket's CORS rule (PUT from the studio origins, ETag exposed) and lifecycle rules (abort incomplete multipart uploads, expire old chunks), then reads them back",
+    long_about = None
+)]
+pub struct BucketSetupArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    /// Origins the studio page is served from, allowed to PUT chunks (comma-separated), e.g.
+    /// `https://studio.example.com`. Required.
+    #[arg(
+        long = "cors-origin",
+        env = "MIXDOWN_STUDIO_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+
+    /// Days after which a multipart upload nobody completed or aborted is aborted.
+    #[arg(long, env = "MIXDOWN_ABORT_INCOMPLETE_UPLOADS_DAYS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=3650))]
+    pub abort_incomplete_uploads_days: u32,
+
+    /// Days after which chunks still in storage are deleted: those of recordings that failed
+    /// and were never retried. 0: never.
+    #[arg(long, env = "MIXDOWN_EXPIRE_CHUNKS_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(0..=3650))]
+    pub expire_chunks_days: u32,
+}
+
 /// What `mixdown-api` was asked to do: serve (no subcommand, as every existing invocation), or
 /// a subcommand.
 #[derive(Debug, Clone)]
 pub enum Invocation {
     Serve(Box<Args>),
     Selftest(SelftestArgs),
+    BucketSetup(BucketSetupArgs),
 }
 
 impl Invocation {
@@ -224,6 +258,7 @@ impl Invocation {
         use clap::CommandFactory;
         Args::command()
             .subcommand(SelftestArgs::command())
+            .subcommand(BucketSetupArgs::command())
             .args_conflicts_with_subcommands(true)
             .subcommand_negates_reqs(true)
     }
@@ -238,6 +273,9 @@ impl Invocation {
         match matches.remove_subcommand() {
             Some((name, mut sub)) if name == "selftest" => Ok(Invocation::Selftest(
                 SelftestArgs::from_arg_matches_mut(&mut sub)?,
+            )),
+            Some((name, mut sub)) if name == "bucket-setup" => Ok(Invocation::BucketSetup(
+                BucketSetupArgs::from_arg_matches_mut(&mut sub)?,
             )),
             Some((name, _)) => unreachable!("clap knows no subcommand {name}"),
             None => Ok(Invocation::Serve(Box::new(Args::from_arg_matches_mut(

@@ -12,6 +12,7 @@
 pub mod app;
 pub mod auth;
 pub mod book;
+pub mod bucket_setup;
 pub mod cluster;
 pub mod config;
 pub mod error;

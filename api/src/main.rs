@@ -4,7 +4,9 @@
 //! it cannot start (missing keys, no cluster, a port in use), said in one line on stderr.
 //!
 //! `mixdown-api selftest` checks an install (see `mixdown_api::selftest`): 0 when every step
-//! passed, 1 when one failed, named on its line.
+//! passed, 1 when one failed, named on its line. `mixdown-api bucket-setup` applies the bucket's
+//! CORS and lifecycle rules (see `mixdown_api::bucket_setup`): 0 when both were applied and read
+//! back, 1 with the call that failed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +39,9 @@ async fn run() -> anyhow::Result<()> {
         Invocation::Selftest(args) => {
             let passed = mixdown_api::selftest::run(&args, &mut std::io::stdout()).await;
             std::process::exit(if passed { 0 } else { 1 });
+        }
+        Invocation::BucketSetup(args) => {
+            mixdown_api::bucket_setup::run(&args, &mut std::io::stdout()).await
         }
     }
 }

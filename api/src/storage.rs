@@ -35,7 +35,12 @@ impl Layout {
 
     /// `{prefix}/chunks/{room}/{recording}/`
     pub fn recording_chunks(&self, room: &str, recording: &str) -> String {
-        format!("{}chunks/{room}/{recording}/", self.root())
+        format!("{}{room}/{recording}/", self.chunks_root())
+    }
+
+    /// `{prefix}/chunks/`: every recording's chunks.
+    pub fn chunks_root(&self) -> String {
+        format!("{}chunks/", self.root())
     }
 
     /// `{prefix}/chunks/{room}/{recording}/{participant}/`
@@ -126,6 +131,12 @@ impl Storage {
             presigner,
             layout: Layout::new(&config.key_prefix),
         })
+    }
+
+    /// The S3 client and the bucket, for calls about the bucket itself
+    /// ([`crate::bucket_setup`]).
+    pub fn bucket_client(&self) -> (&aws_sdk_s3::Client, &str) {
+        (&self.client, &self.bucket)
     }
 
     /// The size of `key`, or `None` when there is no such object.

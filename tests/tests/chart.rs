@@ -417,6 +417,21 @@ fn every_environment_variable_the_chart_gives_the_api_and_its_test_pod_is_one_th
         test_pod["spec"]["containers"][0]["args"],
         json!(["selftest"])
     );
+    let bucket_setup = docs
+        .iter()
+        .find(|d| d["kind"] == "Job" && kind_name(d).ends_with("-bucket-setup"))
+        .expect("the bucket set-up hook Job");
+    let setup = &bucket_setup["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(setup["args"], json!(["bucket-setup"]));
+    // The studio's origins for the CORS rule: api.studioOrigins and api.publicUrl's origin.
+    assert_eq!(
+        env_of(setup)["MIXDOWN_STUDIO_ORIGINS"],
+        json!("https://studio.example.com,https://www.example.com")
+    );
+    assert_eq!(
+        bucket_setup["metadata"]["annotations"]["helm.sh/hook"],
+        "post-install,post-upgrade"
+    );
     for (what, container, args, extra) in [
         (
             "the API",
@@ -430,6 +445,12 @@ fn every_environment_variable_the_chart_gives_the_api_and_its_test_pod_is_one_th
             &test_pod["spec"]["containers"][0],
             &["selftest"][..],
             // Given to every component with the storage settings; selftest prints plain lines.
+            &["MIXDOWN_LOG_FORMAT"][..],
+        ),
+        (
+            "mixdown-api bucket-setup",
+            setup,
+            &["bucket-setup"][..],
             &["MIXDOWN_LOG_FORMAT"][..],
         ),
     ] {
@@ -455,6 +476,26 @@ fn every_environment_variable_the_chart_gives_the_api_and_its_test_pod_is_one_th
             "{what} does not read {unread:?}; it reads {read:?}"
         );
     }
+}
+
+#[test]
+fn the_bucket_set_up_without_a_studio_origin_is_refused_saying_what_to_set() {
+    let text = helm::fails(&[
+        "template",
+        "mixdown",
+        &chart_dir().display().to_string(),
+        "--set",
+        "storage.endpoint=https://storage.example.com",
+        "--set",
+        "storage.bucket=recordings",
+        "--set",
+        "storage.bucketSetup.enabled=true",
+    ]);
+    assert!(
+        text.contains("storage.bucketSetup.enabled needs the studio's origin")
+            && text.contains("set api.studioOrigins or api.publicUrl"),
+        "{text}"
+    );
 }
 
 #[test]

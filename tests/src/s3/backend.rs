@@ -18,6 +18,11 @@
 //! - PutObject and CreateMultipartUpload into a bucket that does not exist are NoSuchBucket (404);
 //!   `s3s-fs` would create the bucket's directory on the way and store the object.
 //!
+//! - A bucket's CORS and lifecycle configurations (Put/Get/DeleteBucketCors,
+//!   Put/GetBucketLifecycleConfiguration) are stored as given and served back, the calls the
+//!   chart's bucket set-up makes; they are not enforced (the server answers every origin, and
+//!   nothing expires).
+//!
 //! One difference stays: parts must be numbered 1, 2, 3, ... without gaps (R2 allows gaps); that
 //! is refused as InvalidPartOrder, with the upload left open.
 
@@ -43,6 +48,14 @@ pub(crate) struct Backend {
     root: PathBuf,
     /// What UploadPart stored, by upload and part number.
     parts: Mutex<HashMap<(Uuid, i32), PartDigest>>,
+    /// Each bucket's CORS rules and lifecycle rules, as last put.
+    settings: Mutex<HashMap<String, BucketSettings>>,
+}
+
+#[derive(Default)]
+struct BucketSettings {
+    cors: Option<CORSRules>,
+    lifecycle: Option<LifecycleRules>,
 }
 
 /// A part as UploadPart stored it: the file (device and inode: a part uploaded again is a new
@@ -67,7 +80,12 @@ impl Backend {
             fs,
             root,
             parts: Mutex::new(HashMap::new()),
+            settings: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn settings(&self) -> std::sync::MutexGuard<'_, HashMap<String, BucketSettings>> {
+        self.settings.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn part_digests(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, i32), PartDigest>> {
@@ -254,6 +272,72 @@ async fn digest(path: &Path) -> std::io::Result<(u64, [u8; 16])> {
 
 #[async_trait::async_trait]
 impl S3 for Backend {
+    async fn put_bucket_cors(
+        &self,
+        req: S3Request<PutBucketCorsInput>,
+    ) -> S3Result<S3Response<PutBucketCorsOutput>> {
+        let input = req.input;
+        self.bucket_exists(&input.bucket)?;
+        self.settings().entry(input.bucket).or_default().cors =
+            Some(input.cors_configuration.cors_rules);
+        Ok(S3Response::new(PutBucketCorsOutput::default()))
+    }
+
+    async fn get_bucket_cors(
+        &self,
+        req: S3Request<GetBucketCorsInput>,
+    ) -> S3Result<S3Response<GetBucketCorsOutput>> {
+        self.bucket_exists(&req.input.bucket)?;
+        let rules = self
+            .settings()
+            .get(&req.input.bucket)
+            .and_then(|s| s.cors.clone())
+            .ok_or_else(|| s3_error!(NoSuchCORSConfiguration))?;
+        Ok(S3Response::new(GetBucketCorsOutput {
+            cors_rules: Some(rules),
+        }))
+    }
+
+    async fn delete_bucket_cors(
+        &self,
+        req: S3Request<DeleteBucketCorsInput>,
+    ) -> S3Result<S3Response<DeleteBucketCorsOutput>> {
+        self.bucket_exists(&req.input.bucket)?;
+        if let Some(settings) = self.settings().get_mut(&req.input.bucket) {
+            settings.cors = None;
+        }
+        Ok(S3Response::new(DeleteBucketCorsOutput::default()))
+    }
+
+    async fn put_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<PutBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<PutBucketLifecycleConfigurationOutput>> {
+        let input = req.input;
+        self.bucket_exists(&input.bucket)?;
+        self.settings().entry(input.bucket).or_default().lifecycle =
+            input.lifecycle_configuration.map(|c| c.rules);
+        Ok(S3Response::new(
+            PutBucketLifecycleConfigurationOutput::default(),
+        ))
+    }
+
+    async fn get_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<GetBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<GetBucketLifecycleConfigurationOutput>> {
+        self.bucket_exists(&req.input.bucket)?;
+        let rules = self
+            .settings()
+            .get(&req.input.bucket)
+            .and_then(|s| s.lifecycle.clone())
+            .ok_or_else(|| s3_error!(NoSuchLifecycleConfiguration))?;
+        Ok(S3Response::new(GetBucketLifecycleConfigurationOutput {
+            rules: Some(rules),
+            ..GetBucketLifecycleConfigurationOutput::default()
+        }))
+    }
+
     async fn create_bucket(
         &self,
         req: S3Request<CreateBucketInput>,
