@@ -58,6 +58,13 @@ pub struct ControlPlane {
 
 static SHARED: OnceCell<Result<ControlPlane, String>> = OnceCell::const_new();
 
+/// The Kubernetes version of the binaries in `KUBEBUILDER_ASSETS`, without starting them: what
+/// [`ControlPlane::version`] will say, for code that needs it first or without a control plane
+/// (a `helm template --kube-version` that must target the test server).
+pub fn assets_version() -> Result<KubeVersion> {
+    KubeVersion::of_binary(&boot::assets_dir()?.join("kube-apiserver"))
+}
+
 impl ControlPlane {
     /// The control plane of this test binary, started on first use (a few seconds) and shared by
     /// all its tests. Its processes and temporary directory go away when the binary exits.

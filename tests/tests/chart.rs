@@ -27,8 +27,15 @@ use mixdown_crds::RecordingJob;
 use mixdown_testkit::cluster::ControlPlane;
 use serde_json::{Value, json};
 
-/// The API server version of the test control plane; renders without a cluster target it.
-const KUBE_VERSION: &str = "v1.20.2";
+/// The API server version of the test control plane (whichever `KUBEBUILDER_ASSETS` holds);
+/// renders without a cluster target it.
+fn kube_version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| match mixdown_testkit::cluster::assets_version() {
+        Ok(version) => version.to_string(),
+        Err(e) => panic!("the test control plane's version: {e:#}"),
+    })
+}
 
 use mixdown_testkit::helm::{self, chart_dir, repo_root};
 
@@ -65,7 +72,7 @@ fn template_text(namespace: &str, args: &[&str]) -> String {
         "--namespace",
         namespace,
         "--kube-version",
-        KUBE_VERSION,
+        kube_version(),
     ];
     all.extend_from_slice(args);
     helm::ok(&all)
@@ -286,7 +293,8 @@ fn the_defaults_are_highly_available_least_privileged_and_restricted() {
     for sa in ["mixdown-operator", "mixdown-api", "mixdown-worker"] {
         find(&docs, "ServiceAccount", sa);
     }
-    let pdb = find(&docs, "PodDisruptionBudget", "mixdown-api");
+    let old = render("studio", &["--kube-version", "v1.20.2"]);
+    let pdb = find(&old, "PodDisruptionBudget", "mixdown-api");
     assert_eq!(
         pdb["apiVersion"], "policy/v1beta1",
         "Kubernetes 1.20 has no policy/v1"
