@@ -374,13 +374,16 @@ pub(super) fn service_account_mount(pod: &Pod, container: &Container) -> Option<
 
 /// Writes the files of a Secret or ConfigMap volume into `dir` as the kubelet would (every key,
 /// or the `items` asked for at their paths, with `defaultMode`/`mode`, 0644 unless told), to be
-/// bind-mounted read-only. `Ok(false)` when the volume is of another kind; an error when its
-/// source is missing and not optional (the kubelet keeps the Pod waiting then).
+/// bind-mounted read-only. With the Pod's `fsGroup`, the files belong to that group and are
+/// readable by it, as the kubelet's volume ownership makes them (so a non-root container reads a
+/// `0400` Secret). `Ok(false)` when the volume is of another kind; an error when its source is
+/// missing and not optional (the kubelet keeps the Pod waiting then).
 pub(super) async fn write_volume(
     client: &kube::Client,
     namespace: &str,
     volume: &k8s_openapi::api::core::v1::Volume,
     dir: &Path,
+    fs_group: Option<i64>,
 ) -> anyhow::Result<bool> {
     use anyhow::{Context, bail};
     use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, Secret};
@@ -481,6 +484,7 @@ pub(super) async fn write_volume(
     };
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
+    let group = fs_group.and_then(|g| u32::try_from(g).ok());
     let default_mode = default_mode.unwrap_or(0o644);
     let files: Vec<(String, &[u8], i32)> = match items {
         Some(items) => {
@@ -517,8 +521,15 @@ pub(super) async fn write_volume(
             std::fs::create_dir_all(parent)?;
         }
         std::fs::write(&file, value)?;
-        let mode = u32::try_from(mode).unwrap_or(0o644) & 0o777;
+        let mut mode = u32::try_from(mode).unwrap_or(0o644) & 0o777;
+        if let Some(gid) = group {
+            std::os::unix::fs::chown(&file, None, Some(gid))?;
+            mode |= 0o440;
+        }
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode))?;
+    }
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(dir, None, Some(gid))?;
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     Ok(true)

@@ -403,8 +403,20 @@ impl<'a> PodWorker<'a> {
                 continue;
             };
             let local = dir.join("volumes").join(&mount.name);
-            if !podman::write_volume(&self.runner.client, &self.runner.namespace, volume, &local)
-                .await?
+            let fs_group = self
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.security_context.as_ref())
+                .and_then(|c| c.fs_group);
+            if !podman::write_volume(
+                &self.runner.client,
+                &self.runner.namespace,
+                volume,
+                &local,
+                fs_group,
+            )
+            .await?
             {
                 continue;
             }
