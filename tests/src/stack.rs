@@ -125,13 +125,21 @@ impl World {
 
     /// Starts the operator as [`World::operator`] does, but reaching the API server through
     /// `gate`, so a test can freeze or cut that replica's connection alone.
-    pub fn operator_through(&self, gate: &crate::gate::Gate, image: &str, extra: &[&str]) -> Operator {
+    pub fn operator_through(
+        &self,
+        gate: &crate::gate::Gate,
+        image: &str,
+        extra: &[&str],
+    ) -> Operator {
         let kubeconfig = std::fs::read_to_string(self.cp.kubeconfig_path())
             .expect("reading the control plane's kubeconfig");
         let server = self.cp.server_url();
         assert!(kubeconfig.contains(server), "the kubeconfig names {server}");
         let through = kubeconfig.replace(server, &gate.url_for(server));
-        let path = self.dir.path().join(format!("kubeconfig-via-{}", gate.addr().port()));
+        let path = self
+            .dir
+            .path()
+            .join(format!("kubeconfig-via-{}", gate.addr().port()));
         std::fs::write(&path, through).expect("writing the gated kubeconfig");
         Operator::start(self, &path, image, extra)
     }
