@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client, ResourceExt};
 use mixdown_crds::{Phase, RecordingJob};
-use mixdown_testkit::cluster::ControlPlane;
+use mixdown_testkit::cluster::{ControlPlane, TestNamespace};
 use mixdown_testkit::helm;
 use mixdown_testkit::pods::{PodRunner, PodRunnerHandle};
 use mixdown_testkit::s3::S3Server;
@@ -75,11 +76,20 @@ async fn secret(client: &Client, namespace: &str, name: &str, data: &[(&str, &st
 
 /// The last lines of every container's log the runner kept, for a failure's message.
 fn pod_logs(runner: &PodRunnerHandle) -> String {
+    pod_logs_of(runner, "")
+}
+
+/// The last lines of the logs of the Pods whose names contain `part`.
+fn pod_logs_of(runner: &PodRunnerHandle, part: &str) -> String {
     let mut text = String::new();
     let Ok(entries) = std::fs::read_dir(runner.dir()) else {
         return text;
     };
-    let mut dirs: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+    let mut dirs: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains(part))
+        .collect();
     dirs.sort();
     for dir in dirs {
         let log = std::fs::read_to_string(dir.join("container.log")).unwrap_or_default();
@@ -145,6 +155,38 @@ impl Studio {
         }
     }
 
+    /// Uploads `chunks` as the token's track the way a page does: presign, PUT, confirm.
+    async fn upload(&self, host: &str, rec: &str, chunks: &[Vec<u8>]) {
+        for (seq, chunk) in chunks.iter().enumerate() {
+            let (status, url) = self
+                .post(
+                    &format!("/api/recordings/{rec}/chunks/{seq}/upload-url"),
+                    host,
+                    json!({"size": chunk.len(), "contentType": "video/webm;codecs=vp8,opus"}),
+                )
+                .await;
+            assert_eq!(status, 200, "presigning chunk {seq}: {url}");
+            let mut put = reqwest::Client::new().put(url["url"].as_str().expect("url"));
+            for (k, v) in url["headers"].as_object().into_iter().flatten() {
+                put = put.header(k, v.as_str().unwrap_or_default());
+            }
+            let stored = put
+                .body(chunk.clone())
+                .send()
+                .await
+                .expect("storage answers");
+            assert!(stored.status().is_success(), "storing chunk {seq}");
+            let (status, confirmed) = self
+                .post(
+                    &format!("/api/recordings/{rec}/chunks/{seq}/confirm"),
+                    host,
+                    json!({"size": chunk.len()}),
+                )
+                .await;
+            assert_eq!(status, 200, "confirming chunk {seq}: {confirmed}");
+        }
+    }
+
     /// Retries what a killed replica or a Service without ready endpoints refused, as the
     /// studio page's upload queue does; any answer from a live replica is returned.
     async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
@@ -161,8 +203,24 @@ impl Studio {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_installed_release_processes_a_recording_while_its_leader_and_an_api_pod_are_killed() {
+/// A release installed and running: two operator and two API Pods, the API answering through
+/// its Service.
+struct Installed {
+    _ns: TestNamespace,
+    namespace: String,
+    client: Client,
+    s3: S3Server,
+    bucket: String,
+    runner: PodRunnerHandle,
+    studio: Studio,
+    kubeconfig: String,
+    pods: Api<Pod>,
+    _dir: tempfile::TempDir,
+}
+
+/// Installs the chart with the project's images into a fresh namespace, its storage the test kit's
+/// S3 server, and waits until the API answers through its Service.
+async fn install() -> Installed {
     for image in IMAGES {
         let found = std::process::Command::new("podman")
             .args(["image", "exists", image])
@@ -306,6 +364,35 @@ api:
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    Installed {
+        _ns: ns,
+        namespace,
+        client,
+        s3,
+        bucket,
+        runner,
+        studio,
+        kubeconfig,
+        pods,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_installed_release_processes_a_recording_while_its_leader_and_an_api_pod_are_killed() {
+    let Installed {
+        namespace,
+        client,
+        s3,
+        bucket,
+        runner,
+        studio,
+        kubeconfig,
+        pods,
+        // Kept to the end: dropping them deletes the namespace and the values file.
+        _ns: _namespace,
+        _dir: _values,
+    } = install().await;
     // A host records 20 s and stops, as the studio page does over REST.
     let (status, room) = studio
         .post("/api/rooms", ADMIN_KEY, json!({"name": "Host"}))
@@ -326,34 +413,7 @@ api:
         .expect("recordingId")
         .to_string();
     let chunks = recording(20, "640x360").await;
-    for (seq, chunk) in chunks.iter().enumerate() {
-        let (status, url) = studio
-            .post(
-                &format!("/api/recordings/{rec}/chunks/{seq}/upload-url"),
-                &host,
-                json!({"size": chunk.len(), "contentType": "video/webm;codecs=vp8,opus"}),
-            )
-            .await;
-        assert_eq!(status, 200, "presigning chunk {seq}: {url}");
-        let mut put = reqwest::Client::new().put(url["url"].as_str().expect("url"));
-        for (k, v) in url["headers"].as_object().into_iter().flatten() {
-            put = put.header(k, v.as_str().unwrap_or_default());
-        }
-        let stored = put
-            .body(chunk.clone())
-            .send()
-            .await
-            .expect("storage answers");
-        assert!(stored.status().is_success(), "storing chunk {seq}");
-        let (status, confirmed) = studio
-            .post(
-                &format!("/api/recordings/{rec}/chunks/{seq}/confirm"),
-                &host,
-                json!({"size": chunk.len()}),
-            )
-            .await;
-        assert_eq!(status, 200, "confirming chunk {seq}: {confirmed}");
-    }
+    studio.upload(&host, &rec, &chunks).await;
     let (status, stopped) = studio
         .post(&format!("/api/recordings/{rec}/stop"), &host, json!({}))
         .await;
@@ -510,4 +570,166 @@ api:
         "2m",
     ]);
     runner.stop().await;
+}
+
+/// Replaces the verbs of the rule for `resource` in Role `name` (an empty list removes the rule).
+async fn set_verbs(client: &Client, namespace: &str, name: &str, resource: &str, verbs: &[&str]) {
+    let roles: Api<Role> = Api::namespaced(client.clone(), namespace);
+    let mut role = roles.get(name).await.expect("the chart's Role");
+    let mut rules = role.rules.take().unwrap_or_default();
+    for rule in &mut rules {
+        if rule.resources.as_deref().unwrap_or_default() == [resource] {
+            rule.verbs = verbs.iter().map(|v| v.to_string()).collect();
+        }
+    }
+    rules.retain(|r| !r.verbs.is_empty());
+    role.rules = Some(rules);
+    roles
+        .replace(name, &PostParams::default(), &role)
+        .await
+        .expect("replacing the Role");
+}
+
+/// RBAC is both needed and enough: with one key rule of the chart's Roles removed, the component
+/// that needs it fails with a Forbidden said in its log, and in the RecordingJob's status where
+/// the operator is the one refused; with the rule back, the same work goes through.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_key_rbac_rule_is_needed_and_its_absence_is_said() {
+    let Installed {
+        namespace,
+        client,
+        runner,
+        studio,
+        // Kept to the end: dropping them stops storage, deletes the namespace and the values.
+        s3: _storage,
+        _ns: _namespace,
+        _dir: _values,
+        ..
+    } = install().await;
+    let rjs: Api<RecordingJob> = Api::namespaced(client.clone(), &namespace);
+    let operator_role = format!("{RELEASE}-mixdown-operator");
+    let api_role = format!("{RELEASE}-mixdown-api");
+
+    // The operator may not create Jobs: the RecordingJob fails with Forbidden, saying so.
+    set_verbs(
+        &client,
+        &namespace,
+        &operator_role,
+        "jobs",
+        &["get", "list", "watch", "patch", "delete"],
+    )
+    .await;
+    let spec = mixdown_testkit::stack::spec(
+        "room1",
+        "rbac1",
+        &[("alice", "riverside/chunks/room1/rbac1/alice/", 3)],
+        json!({}),
+    );
+    let rj: RecordingJob = serde_json::from_value(json!({
+        "apiVersion": "mixdown.dev/v1alpha1",
+        "kind": "RecordingJob",
+        "metadata": {"name": "rbac1"},
+        "spec": spec,
+    }))
+    .expect("a RecordingJob");
+    rjs.create(&PostParams::default(), &rj)
+        .await
+        .expect("creating a RecordingJob");
+    let status = eventually(LONG, "the RecordingJob Failed", || async {
+        let status = rjs.get("rbac1").await.ok()?.status?;
+        (status.phase == Some(Phase::Failed)).then_some(status)
+    })
+    .await;
+    assert_eq!(status.reason.as_deref(), Some("Forbidden"), "{status:#?}");
+    assert!(
+        status
+            .message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("forbidden"),
+        "{status:#?}"
+    );
+    let logs = pod_logs_of(&runner, "-operator-");
+    assert!(
+        logs.contains("forbidden"),
+        "the operator's log says Forbidden:\n{logs}"
+    );
+    set_verbs(
+        &client,
+        &namespace,
+        &operator_role,
+        "jobs",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    )
+    .await;
+
+    // The API may not create RecordingJobs: stopping a recording is refused, and its log says why.
+    set_verbs(
+        &client,
+        &namespace,
+        &api_role,
+        "recordingjobs",
+        &["get", "list", "watch", "patch"],
+    )
+    .await;
+    let (status, room) = studio
+        .post("/api/rooms", ADMIN_KEY, json!({"name": "Host"}))
+        .await;
+    assert_eq!(status, 201, "creating a room: {room}");
+    let room_id = room["roomId"].as_str().expect("roomId").to_string();
+    let host = room["hostToken"].as_str().expect("hostToken").to_string();
+    let (status, started) = studio
+        .post(
+            &format!("/api/rooms/{room_id}/recordings"),
+            &host,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 201, "starting a recording: {started}");
+    let rec = started["recordingId"]
+        .as_str()
+        .expect("recordingId")
+        .to_string();
+    studio
+        .upload(&host, &rec, &recording(3, "320x240").await)
+        .await;
+    let stop = format!("/api/recordings/{rec}/stop");
+    let (refused_status, refused) = studio
+        .call(reqwest::Method::POST, &stop, &host, Some(json!({})))
+        .await;
+    let status = refused_status;
+    assert!(
+        status >= 400,
+        "a stop without the right to create the RecordingJob: {status} {refused}"
+    );
+    let logs = pod_logs_of(&runner, "-api-");
+    assert!(
+        logs.contains("forbidden") && logs.contains("recordingjobs"),
+        "the API's log says it may not create RecordingJobs (the stop answered {status} {refused}):\n{logs}"
+    );
+    assert!(
+        rjs.get_opt(&mixdown_crds::recording_job_name(&rec))
+            .await
+            .expect("reading")
+            .is_none(),
+        "no RecordingJob without the right"
+    );
+
+    // With the rule back, the same stop goes through: the rule was needed, and is enough.
+    set_verbs(
+        &client,
+        &namespace,
+        &api_role,
+        "recordingjobs",
+        &["get", "list", "watch", "create", "patch"],
+    )
+    .await;
+    let (status, stopped) = studio.post(&stop, &host, json!({})).await;
+    assert!(
+        status == 200 || status == 201 || status == 422,
+        "stopping again: {status} {stopped}"
+    );
+    println!(
+        "refused stop: {refused_status} {refused}; after the rule is back: {status} {stopped}"
+    );
 }
