@@ -144,3 +144,16 @@ The POD_IP variable that mixdown.listenAddr refers to, when `listenOnPodIP` is o
       fieldPath: status.podIP
 {{- end }}
 {{- end }}
+
+{{/*
+Removes every `x-kubernetes-validations` from a schema (a map from fromYaml), in place, at any
+depth: for servers before 1.23, which refuse the field.
+*/}}
+{{- define "mixdown.withoutValidations" -}}
+{{- if kindIs "map" . -}}
+{{- $_ := unset . "x-kubernetes-validations" -}}
+{{- range $key, $value := . }}{{ include "mixdown.withoutValidations" $value }}{{ end -}}
+{{- else if kindIs "slice" . -}}
+{{- range . }}{{ include "mixdown.withoutValidations" . }}{{ end -}}
+{{- end -}}
+{{- end }}
