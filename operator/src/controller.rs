@@ -331,6 +331,10 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
             bad_input: tries
                 .iter()
                 .any(|a| a.ended.as_ref().is_some_and(|e| e.is_bad_input())),
+            pod_failure_policy: job
+                .as_deref()
+                .and_then(|j| j.spec.as_ref())
+                .is_some_and(|spec| spec.pod_failure_policy.is_some()),
             attempts: tries.len(),
             progress_stale: progress_is_stale(rj, tries.last(), field_managers::WORKER),
             needs_write: needs_write(Some(&previous), &desired),

@@ -34,6 +34,9 @@ pub struct Facts {
     pub job_running: bool,
     /// An attempt of that Job ended with bad input (exit 2): retrying cannot help.
     pub bad_input: bool,
+    /// The Job kept its `podFailurePolicy` (the server enforces it, from Kubernetes 1.26; an
+    /// older one drops the field): it fails on bad input by itself.
+    pub pod_failure_policy: bool,
     /// Attempts (Pods) the Job made.
     pub attempts: usize,
     /// The progress in the status was written by an attempt before the current one.
@@ -66,8 +69,8 @@ pub const STATUS_HELD_BACK: Duration = Duration::from_secs(1);
 /// What to do after deriving the desired status, in this order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Steps {
-    /// Stop the Job from starting more Pods: an attempt failed on bad input (for servers that
-    /// ignore `podFailurePolicy`).
+    /// Stop the Job from starting more Pods: an attempt failed on bad input, and the server
+    /// dropped the Job's `podFailurePolicy`.
     pub stop_retries: bool,
     /// Remove the previous attempt's progress: a new attempt runs.
     pub clear_stale_progress: bool,
@@ -98,7 +101,7 @@ pub fn steps(desired: &RecordingJobStatus, facts: Facts) -> Steps {
         StatusWrite::Write
     };
     Steps {
-        stop_retries: facts.job_running && facts.bad_input,
+        stop_retries: facts.job_running && facts.bad_input && !facts.pod_failure_policy,
         clear_stale_progress: desired.phase == Some(Phase::Running)
             && facts.attempts > 1
             && facts.progress_stale,
@@ -472,6 +475,21 @@ mod tests {
                 },
                 Steps {
                     stop_retries: true,
+                    clear_stale_progress: false,
+                    status: StatusWrite::Write,
+                    delete_unstarted_job: false,
+                },
+            ),
+            (
+                "bad input on a server that keeps podFailurePolicy: the Job fails by itself",
+                &running,
+                Facts {
+                    bad_input: true,
+                    pod_failure_policy: true,
+                    ..base
+                },
+                Steps {
+                    stop_retries: false,
                     clear_stale_progress: false,
                     status: StatusWrite::Write,
                     delete_unstarted_job: false,
