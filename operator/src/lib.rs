@@ -18,6 +18,7 @@ pub mod leader;
 pub mod metrics;
 pub mod plan;
 pub mod retry;
+pub mod runtime;
 pub mod slots;
 pub mod status;
 pub mod telemetry;

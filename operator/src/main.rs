@@ -11,9 +11,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use kube::Client;
-use mixdown_operator::controller::{self, Settings};
 use mixdown_operator::http::{self, AppState};
 use mixdown_operator::metrics::Metrics;
+use mixdown_operator::runtime::{self, Settings};
 use mixdown_operator::{Args, Config, leader, telemetry};
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{SignalKind, signal};
@@ -83,7 +83,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             tokio::select! {
                 acquired = leader::acquire(client.clone(), lease) => {
                     // Leading now: not ready until this replica's caches are filled
-                    // (controller::run says when).
+                    // (runtime::run says when).
                     state.set_ready(false);
                     Some(acquired?)
                 }
@@ -113,7 +113,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "reconciling RecordingJobs"
     );
     let (stop_controller, controller_stopped) = oneshot::channel::<()>();
-    let mut controller = tokio::spawn(controller::run(
+    let mut controller = tokio::spawn(runtime::run(
         client,
         settings,
         metrics,
