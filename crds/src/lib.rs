@@ -94,14 +94,14 @@ pub const MAX_TRACKS: usize = 32;
 pub struct RecordingJobSpec {
     /// Room the recording was made in. Letters, digits, `_` and `-`, at most 64. Cannot be
     /// changed.
-    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"), length(max = 64))]
+    #[schemars(regex(pattern = crate::ID_PATTERN), length(max = 64))]
     #[schemars(extend("x-kubernetes-validations" = [rules::unchanged("roomId")]))]
     pub room_id: String,
 
     /// Id of the recording within the room. Letters, digits, `_` and `-`, at most 64. The
     /// RecordingJob's name is derived from it, so stopping a recording twice creates one job.
     /// Cannot be changed.
-    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"), length(max = 64))]
+    #[schemars(regex(pattern = crate::ID_PATTERN), length(max = 64))]
     #[schemars(extend("x-kubernetes-validations" = [rules::unchanged("recordingId")]))]
     pub recording_id: String,
 
@@ -187,7 +187,7 @@ pub struct RecordingJobSpec {
 pub struct Track {
     /// The participant who recorded this track. Letters, digits, `_` and `-`, at most 64; names
     /// the output file.
-    #[schemars(regex(pattern = r"^[A-Za-z0-9_-]{1,64}$"), length(max = 64))]
+    #[schemars(regex(pattern = crate::ID_PATTERN), length(max = 64))]
     pub participant_id: String,
 
     /// Where this track's chunks are in the bucket.
@@ -201,7 +201,7 @@ pub struct TrackSource {
     /// Key prefix of the chunks, e.g. `riverside/chunks/{room}/{recording}/{participant}/`.
     /// Chunks below it are named by sequence number (`00000000.webm`, `00000001.webm`, ...).
     #[schemars(
-        regex(pattern = r"^([A-Za-z0-9_=-]+/)*[A-Za-z0-9_=-]+/?$"),
+        regex(pattern = crate::PREFIX_PATTERN),
         length(max = 512)
     )]
     pub prefix: String,
@@ -245,7 +245,7 @@ pub struct Output {
     /// Key prefix of the finished files, e.g. `riverside/processed/{room}/{recording}/`; each
     /// track becomes `{prefix}{participantId}.{ext}`.
     #[schemars(
-        regex(pattern = r"^([A-Za-z0-9_=-]+/)*[A-Za-z0-9_=-]+/?$"),
+        regex(pattern = crate::PREFIX_PATTERN),
         length(max = 512)
     )]
     pub prefix: String,
