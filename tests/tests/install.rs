@@ -25,7 +25,7 @@ use mixdown_testkit::cluster::{ControlPlane, TestNamespace};
 use mixdown_testkit::helm;
 use mixdown_testkit::pods::{PodRunner, PodRunnerHandle};
 use mixdown_testkit::s3::S3Server;
-use mixdown_testkit::stack::recording;
+use mixdown_testkit::stack::{eventually, recording};
 use serde_json::{Value, json};
 
 const RELEASE: &str = "studio";
@@ -38,22 +38,6 @@ const ADMIN_KEY: &str = "install-test-admin-key-0123456789";
 const LONG: Duration = Duration::from_secs(180);
 /// How long the API gets to answer after its Pods run.
 const API_UP: Duration = Duration::from_secs(60);
-
-/// Polls `check` every 200 ms until it gives a value, failing after `timeout` with `what`.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(start.elapsed() < timeout, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 async fn secret(client: &Client, namespace: &str, name: &str, data: &[(&str, &str)]) {
     let secret = Secret {
@@ -153,6 +137,29 @@ impl Studio {
             // A replica that went away mid-request: the page would retry.
             Err(error) => (0, Value::String(error.to_string())),
         }
+    }
+
+    /// A host creates a room and starts a recording: (room id, host token, recording id).
+    async fn start_recording(&self) -> (String, String, String) {
+        let (status, room) = self
+            .post("/api/rooms", ADMIN_KEY, json!({"name": "Host"}))
+            .await;
+        assert_eq!(status, 201, "creating a room: {room}");
+        let room_id = room["roomId"].as_str().expect("roomId").to_string();
+        let host = room["hostToken"].as_str().expect("hostToken").to_string();
+        let (status, started) = self
+            .post(
+                &format!("/api/rooms/{room_id}/recordings"),
+                &host,
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 201, "starting a recording: {started}");
+        let rec = started["recordingId"]
+            .as_str()
+            .expect("recordingId")
+            .to_string();
+        (room_id, host, rec)
     }
 
     /// Uploads `chunks` as the token's track the way a page does: presign, PUT, confirm.
@@ -394,24 +401,7 @@ async fn an_installed_release_processes_a_recording_while_its_leader_and_an_api_
         _dir: _values,
     } = install().await;
     // A host records 20 s and stops, as the studio page does over REST.
-    let (status, room) = studio
-        .post("/api/rooms", ADMIN_KEY, json!({"name": "Host"}))
-        .await;
-    assert_eq!(status, 201, "creating a room: {room}");
-    let room_id = room["roomId"].as_str().expect("roomId").to_string();
-    let host = room["hostToken"].as_str().expect("hostToken").to_string();
-    let (status, started) = studio
-        .post(
-            &format!("/api/rooms/{room_id}/recordings"),
-            &host,
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 201, "starting a recording: {started}");
-    let rec = started["recordingId"]
-        .as_str()
-        .expect("recordingId")
-        .to_string();
+    let (room_id, host, rec) = studio.start_recording().await;
     let chunks = recording(20, "640x360").await;
     studio.upload(&host, &rec, &chunks).await;
     let (status, stopped) = studio
@@ -672,24 +662,7 @@ async fn each_key_rbac_rule_is_needed_and_its_absence_is_said() {
         &["get", "list", "watch", "patch"],
     )
     .await;
-    let (status, room) = studio
-        .post("/api/rooms", ADMIN_KEY, json!({"name": "Host"}))
-        .await;
-    assert_eq!(status, 201, "creating a room: {room}");
-    let room_id = room["roomId"].as_str().expect("roomId").to_string();
-    let host = room["hostToken"].as_str().expect("hostToken").to_string();
-    let (status, started) = studio
-        .post(
-            &format!("/api/rooms/{room_id}/recordings"),
-            &host,
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 201, "starting a recording: {started}");
-    let rec = started["recordingId"]
-        .as_str()
-        .expect("recordingId")
-        .to_string();
+    let (_room, host, rec) = studio.start_recording().await;
     studio
         .upload(&host, &rec, &recording(3, "320x240").await)
         .await;
