@@ -40,7 +40,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if let Some(lease) = args.lease_config() {
+    // Checked before anything connects: a Lease setting that could make two leaders is refused.
+    let lease = args.lease_config();
+    if let Some(lease) = &lease {
         lease.validate().map_err(anyhow::Error::msg)?;
     }
     let mut terminate =
@@ -74,7 +76,6 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let _ = http_stopped.await;
     }));
 
-    let lease = args.lease_config();
     let leadership = match &lease {
         Some(lease) => {
             // A standby is healthy and ready: it is waiting for its turn.
