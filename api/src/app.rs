@@ -703,6 +703,8 @@ impl AppState {
                     prefix: format!("{prefix}{participant}/"),
                     chunk_count: None,
                 },
+                start_offset_ms: None,
+                display_name: None,
             })
             .collect();
         let spec = RecordingJobSpec {
@@ -712,6 +714,7 @@ impl AppState {
             output: Output {
                 prefix: self.storage.layout.outputs(&marker.room_id, recording_id),
                 profile: self.config.output_profile,
+                composite: None,
             },
             cleanup: Cleanup::default(),
             upload_timeout_seconds: self.config.upload_timeout_seconds,

@@ -135,6 +135,8 @@ pub fn decide(
                 prefix: prefix.to_string(),
                 chunk_count: Some(count),
             },
+            start_offset_ms: None,
+            display_name: None,
         }),
     }
     Ok(Decision::Write(tracks))

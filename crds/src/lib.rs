@@ -20,7 +20,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub use naming::recording_job_name;
-pub use report::{WorkerJob, WorkerReport};
+pub use report::{Failure, WorkerJob, WorkerReport};
 pub use validation::{Invalid, is_valid_id, is_valid_prefix};
 
 /// What ids (`roomId`, `recordingId`, `participantId`) may look like: safe in object keys, URLs
@@ -192,6 +192,21 @@ pub struct Track {
 
     /// Where this track's chunks are in the bucket.
     pub source: TrackSource,
+
+    /// When this participant's recorder started, in milliseconds after the recording started
+    /// (the host's start, on the API server's clock). The API sets it when the page seals the
+    /// track, from the page's own estimate of its clock's offset (see DESIGN.md, "Tracks on one
+    /// clock"); the mixdown places the track there. Unset (an unsealed track, or a page that did
+    /// not say): the track starts with the recording. 0 to 86400000; cannot change once sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86_400_000))]
+    pub start_offset_ms: Option<i64>,
+
+    /// The participant's name as the room shows it; the mixdown writes it on the participant's
+    /// tile while there is no picture. At most 64 characters; cannot change once sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub display_name: Option<String>,
 }
 
 /// Where a track's chunks are.
@@ -255,6 +270,31 @@ pub struct Output {
     /// (audio only).
     #[serde(default)]
     pub profile: Profile,
+
+    /// Whether to make the mixdown too: one video of everyone together (`{prefix}mixdown.mp4`,
+    /// or `mixdown.m4a` for the `audio` profile), every track at its `startOffsetMs`, the
+    /// pictures in a grid and the audio mixed to -16 LUFS. Unset: the operator's default, which
+    /// makes one for recordings of two or more tracks. A track of participant `mixdown` cannot
+    /// be in a recording that has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub composite: Option<bool>,
+}
+
+impl Output {
+    /// Whether a recording of `tracks` tracks gets a mixdown: `composite` if set, else
+    /// `default_on` for two or more tracks.
+    pub fn wants_composite(&self, tracks: usize, default_on: bool) -> bool {
+        self.composite.unwrap_or(default_on && tracks >= 2)
+    }
+
+    /// Object key of the mixdown: `{prefix}mixdown.mp4` (`.m4a` for the audio profile).
+    pub fn mixdown_key(&self) -> String {
+        let ext = match self.profile {
+            Profile::Audio => "m4a",
+            Profile::Mp4 | Profile::Webm => "mp4",
+        };
+        format!("{}{MIXDOWN_NAME}.{ext}", self.prefix)
+    }
 }
 
 /// Format of the finished files.
@@ -336,9 +376,16 @@ pub struct RecordingJobStatus {
     #[schemars(range(min = 0, max = 100))]
     pub progress: Option<i32>,
 
-    /// The finished files, once processing succeeded.
+    /// The finished files, once processing succeeded: the mixdown first when there is one, then
+    /// each participant's file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<RecordingOutput>,
+
+    /// The participants' files the current attempt has verified while its mixdown is still being
+    /// made; written by the worker, like `progress`, so that they can be downloaded before the
+    /// mixdown is done. `outputs` lists them again, with the mixdown, once processing succeeded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ready_outputs: Vec<RecordingOutput>,
 
     /// Machine-readable reason of the last failure (for example MissingChunk, DeadlineExceeded,
     /// BackoffLimitExceeded).
@@ -425,7 +472,12 @@ impl Phase {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecordingOutput {
-    /// The participant whose track this is.
+    /// What the file is: one participant's track (`track`, the default), or the mixdown of all
+    /// of them (`mixdown`).
+    #[serde(default, skip_serializing_if = "OutputKind::is_track")]
+    pub kind: OutputKind,
+    /// The participant whose track this is; empty for the mixdown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub participant_id: String,
     /// Object key of the file in the bucket.
     pub key: String,
@@ -446,6 +498,26 @@ pub struct RecordingOutput {
     pub left_out: Option<LeftOut>,
 }
 
+/// What a finished file is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// One participant's track.
+    #[default]
+    Track,
+    /// Every track together: the pictures in a grid, the audio mixed.
+    Mixdown,
+}
+
+impl OutputKind {
+    pub fn is_track(&self) -> bool {
+        *self == OutputKind::Track
+    }
+}
+
+/// The participant id the mixdown's file name would take from a track.
+pub const MIXDOWN_NAME: &str = "mixdown";
+
 /// The chunks of an unsealed track that processing left out, and kept.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -457,9 +529,14 @@ pub struct LeftOut {
 }
 
 impl RecordingOutput {
+    /// Whether this is the mixdown.
+    pub fn is_mixdown(&self) -> bool {
+        self.kind == OutputKind::Mixdown
+    }
+
     /// What happened to an unsealed track's chunks, in words; `None` for a sealed track.
     pub fn unsealed_note(&self) -> Option<String> {
-        if self.sealed {
+        if self.sealed || self.is_mixdown() {
             return None;
         }
         let chunks = self.chunks.unwrap_or(0);

@@ -68,6 +68,8 @@ pub mod conditions {
     pub const COMPLETE: &str = "Complete";
     /// Processing ended without a result; `reason` and `message` say why.
     pub const FAILED: &str = "Failed";
+    /// Only on RecordingJobs that make a mixdown: True once it is written, False with why not.
+    pub const MIXDOWN_READY: &str = "MixdownReady";
 }
 
 /// `reason` values of conditions, of `status.reason` and of Events.
@@ -131,6 +133,12 @@ pub mod reasons {
     pub const STORAGE_MISCONFIGURED: &str = "StorageMisconfigured";
     pub const FFMPEG_FAILED: &str = "FfmpegFailed";
     pub const VERIFICATION_FAILED: &str = "VerificationFailed";
+    /// The mixdown is written and verified.
+    pub const MIXDOWN_WRITTEN: &str = "MixdownWritten";
+    /// The mixdown is still being made (the participants' files are ready).
+    pub const MIXING: &str = "Mixing";
+    /// The mixdown could not be made; the participants' files are fine.
+    pub const MIXDOWN_FAILED: &str = "MixdownFailed";
 }
 
 /// The worker's exit codes, the contract between the worker and the operator.

@@ -18,6 +18,9 @@ pub struct WorkerJob {
     pub output: Output,
     #[serde(default)]
     pub cleanup: Cleanup,
+    /// Whether to make the mixdown (the operator resolves `output.composite` and its default).
+    #[serde(default)]
+    pub composite: bool,
 }
 
 impl From<&RecordingJobSpec> for WorkerJob {
@@ -28,6 +31,7 @@ impl From<&RecordingJobSpec> for WorkerJob {
             tracks: spec.tracks.clone(),
             output: spec.output.clone(),
             cleanup: spec.cleanup.clone(),
+            composite: spec.output.wants_composite(spec.tracks.len(), true),
         }
     }
 }
@@ -36,13 +40,27 @@ impl From<&RecordingJobSpec> for WorkerJob {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "result", rename_all = "camelCase")]
 pub enum WorkerReport {
-    /// Every output was uploaded and verified (and the chunks deleted if asked).
+    /// Every participant's output was uploaded and verified (and the chunks deleted if asked),
+    /// and the mixdown too unless `mixdownFailure` says why not: a mixdown that could not be
+    /// made never hides the participants' files.
     #[serde(rename_all = "camelCase")]
-    Succeeded { outputs: Vec<RecordingOutput> },
+    Succeeded {
+        outputs: Vec<RecordingOutput>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mixdown_failure: Option<Failure>,
+    },
     /// Nothing was finished; `reason` is one of [`crate::names::reasons`], `message` names the
     /// chunk or step that failed.
     #[serde(rename_all = "camelCase")]
     Failed { reason: String, message: String },
+}
+
+/// Why something was not made: `reason` one of [`crate::names::reasons`], `message` in words.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    pub reason: String,
+    pub message: String,
 }
 
 #[cfg(test)]
@@ -52,7 +70,9 @@ mod tests {
     #[test]
     fn reports_round_trip_in_the_documented_shape() {
         let ok = WorkerReport::Succeeded {
+            mixdown_failure: None,
             outputs: vec![RecordingOutput {
+                kind: Default::default(),
                 participant_id: "alice".into(),
                 key: "riverside/processed/r/rec/alice.mp4".into(),
                 size_bytes: 1234,

@@ -2,7 +2,7 @@
 //! RecordingJob's spec after it was created.
 //!
 //! The API writes the spec once, then only seals tracks (sets an unsealed track's
-//! `source.chunkCount`) or adds the sealed track of a participant who was not listed at the stop,
+//! `source.chunkCount`, with its `startOffsetMs` and `displayName`) or adds the sealed track of a participant who was not listed at the stop,
 //! and only while the RecordingJob is Uploading. Everything else that decides what is processed,
 //! and how (ids, prefixes, output, cleanup, timeouts, retries), is refused by the API server once
 //! the object exists, with a message naming the field. The worker Pod's placement (`resources`,
@@ -48,11 +48,16 @@ pub fn tracks_only_sealed_or_added() -> Value {
         "rule": "size(self) >= size(oldSelf) && oldSelf.all(old, self.exists(t, \
                  t.participantId == old.participantId && t.source.prefix == old.source.prefix \
                  && (!has(old.source.chunkCount) \
-                 || (has(t.source.chunkCount) && t.source.chunkCount == old.source.chunkCount))))",
+                 || (has(t.source.chunkCount) && t.source.chunkCount == old.source.chunkCount \
+                 && has(t.startOffsetMs) == has(old.startOffsetMs) \
+                 && (!has(old.startOffsetMs) || t.startOffsetMs == old.startOffsetMs) \
+                 && has(t.displayName) == has(old.displayName) \
+                 && (!has(old.displayName) || t.displayName == old.displayName)))))",
         "message": "tracks cannot be changed once the RecordingJob exists, except to seal an \
-                    unsealed track (set its source.chunkCount) or add a track: a track's \
-                    participantId and source.prefix, and a sealed track's chunkCount, stay as they \
-                    are, and no track is removed",
+                    unsealed track (set its source.chunkCount, startOffsetMs and displayName) or \
+                    add a track: a track's participantId and source.prefix, and a sealed track's \
+                    chunkCount, startOffsetMs and displayName, stay as they are, and no track is \
+                    removed",
     })
 }
 

@@ -55,6 +55,7 @@ impl RecordingJobSpec {
             &self.recording_id,
             &self.tracks,
             &self.output,
+            self.output.composite != Some(false),
         )
     }
 }
@@ -67,15 +68,24 @@ impl WorkerJob {
             &self.recording_id,
             &self.tracks,
             &self.output,
+            self.composite,
         )
     }
 }
+
+/// `composite`: whether the job may make a mixdown, whose file a participant `mixdown` would
+/// overwrite (an unset `output.composite` may turn into one, so only `false` frees the name).
+/// Latest a track may start after the recording's start.
+pub const MAX_START_OFFSET_MS: i64 = 86_400_000;
+/// Longest display name on a track.
+pub const MAX_DISPLAY_NAME_CHARS: usize = 64;
 
 fn validate(
     room_id: &str,
     recording_id: &str,
     tracks: &[Track],
     output: &Output,
+    composite: bool,
 ) -> Result<(), Invalid> {
     let invalid = |field: &str, problem: String| {
         Err(Invalid {
@@ -127,6 +137,33 @@ fn validate(
             return invalid(
                 &format!("tracks[{i}].source.prefix"),
                 not_a_prefix(&track.source.prefix),
+            );
+        }
+        if composite && participant == crate::MIXDOWN_NAME {
+            return invalid(
+                &format!("tracks[{i}].participantId"),
+                format!(
+                    "{participant:?} is the mixdown's file name; set output.composite to false to record a participant of that id"
+                ),
+            );
+        }
+        if let Some(offset) = track.start_offset_ms
+            && !(0..=MAX_START_OFFSET_MS).contains(&offset)
+        {
+            return invalid(
+                &format!("tracks[{i}].startOffsetMs"),
+                format!("is {offset}; 0 to {MAX_START_OFFSET_MS} (24 hours) is allowed"),
+            );
+        }
+        if let Some(name) = &track.display_name
+            && name.chars().count() > MAX_DISPLAY_NAME_CHARS
+        {
+            return invalid(
+                &format!("tracks[{i}].displayName"),
+                format!(
+                    "has {} characters; at most {MAX_DISPLAY_NAME_CHARS} are allowed",
+                    name.chars().count()
+                ),
             );
         }
         // Unset is an unsealed track, processed from what storage holds; a seal says at least 1.

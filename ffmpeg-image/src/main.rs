@@ -64,7 +64,13 @@ async fn run(args: Args) -> i32 {
     match result {
         Ok(outputs) => {
             tracing::info!(outputs = outputs.len(), "done");
-            finish(args.report_path(), &WorkerReport::Succeeded { outputs });
+            finish(
+                args.report_path(),
+                &WorkerReport::Succeeded {
+                    outputs,
+                    mixdown_failure: None,
+                },
+            );
             exit_codes::SUCCESS
         }
         Err(err) => {

@@ -186,6 +186,7 @@ mod tests {
         vec![
             (
                 RecordingOutput {
+                    kind: Default::default(),
                     participant_id: "alice".into(),
                     key: "riverside/processed/room1/rec1/alice.webm".into(),
                     size_bytes: 1000,
@@ -198,6 +199,7 @@ mod tests {
             ),
             (
                 RecordingOutput {
+                    kind: Default::default(),
                     participant_id: "bob".into(),
                     key: "riverside/processed/room1/rec1/bob.webm".into(),
                     size_bytes: 500,

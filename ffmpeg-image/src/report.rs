@@ -18,12 +18,12 @@ pub const MAX_BYTES: usize = 4096;
 pub fn render(report: &WorkerReport) -> String {
     let mut report = report.clone();
     match &mut report {
-        WorkerReport::Succeeded { outputs } => {
+        WorkerReport::Succeeded { outputs, .. } => {
             for output in outputs.iter_mut() {
                 output.duration_seconds = (output.duration_seconds * 1000.0).round() / 1000.0;
             }
             while to_json(&report).len() > MAX_BYTES {
-                let WorkerReport::Succeeded { outputs } = &mut report else {
+                let WorkerReport::Succeeded { outputs, .. } = &mut report else {
                     unreachable!()
                 };
                 let last_sealed = outputs.iter().rposition(|o| o.sealed);
@@ -94,6 +94,7 @@ mod tests {
     fn output(i: usize, key_len: usize) -> RecordingOutput {
         let sealed = i.is_multiple_of(2);
         RecordingOutput {
+            kind: Default::default(),
             participant_id: format!("participant-{i}"),
             key: format!("{}/{i}.mp4", "k".repeat(key_len)),
             size_bytes: 123_456_789,
@@ -109,7 +110,7 @@ mod tests {
 
     fn parsed_outputs(json: &str) -> Vec<RecordingOutput> {
         match serde_json::from_str(json).expect("parses") {
-            WorkerReport::Succeeded { outputs } => outputs,
+            WorkerReport::Succeeded { outputs, .. } => outputs,
             other => panic!("{other:?}"),
         }
     }
@@ -117,6 +118,7 @@ mod tests {
     #[test]
     fn small_reports_are_kept_whole_with_rounded_durations() {
         let report = WorkerReport::Succeeded {
+            mixdown_failure: None,
             outputs: vec![output(1, 40)],
         };
         let json = render(&report);
@@ -131,6 +133,7 @@ mod tests {
     #[test]
     fn many_long_outputs_are_cut_to_fit_and_still_parse() {
         let report = WorkerReport::Succeeded {
+            mixdown_failure: None,
             outputs: (0..32).map(|i| output(i, 300)).collect(),
         };
         let json = render(&report);
@@ -174,6 +177,7 @@ mod tests {
             })
             .collect();
         let json = render(&WorkerReport::Succeeded {
+            mixdown_failure: None,
             outputs: outputs.clone(),
         });
         assert!(json.len() <= MAX_BYTES, "{}", json.len());
@@ -205,6 +209,7 @@ mod tests {
                 })
                 .collect();
             let json = render(&WorkerReport::Succeeded {
+                mixdown_failure: None,
                 outputs: outputs.clone(),
             });
             assert!(json.len() <= MAX_BYTES, "{}", json.len());
@@ -213,6 +218,7 @@ mod tests {
             assert_eq!(kept[..], outputs[..kept.len()], "sealed {sealed}");
             // As many as fit: one more would not.
             let one_more = to_json(&WorkerReport::Succeeded {
+                mixdown_failure: None,
                 outputs: outputs[..=kept.len()].to_vec(),
             });
             assert!(one_more.len() > MAX_BYTES, "{}", one_more.len());

@@ -257,6 +257,7 @@ async fn process_inner(
         "output uploaded and verified"
     );
     let output = RecordingOutput {
+        kind: Default::default(),
         participant_id: plan.participant.clone(),
         key: plan.output_key.clone(),
         size_bytes: i64::try_from(size).unwrap_or(i64::MAX),

@@ -430,12 +430,16 @@ fn mp4_job(chunk_count: usize) -> WorkerJob {
                 prefix: chunk_prefix(),
                 chunk_count: Some(u32::try_from(chunk_count).expect("chunk count")),
             },
+            start_offset_ms: None,
+            display_name: None,
         }],
         output: mixdown_crds::Output {
             prefix: format!("riverside/processed/{ROOM}/{RECORDING}/"),
             profile: Profile::Mp4,
+            composite: None,
         },
         cleanup: Cleanup::default(),
+        composite: false,
     }
 }
 
@@ -506,7 +510,7 @@ async fn turns_chunks_in_storage_into_a_checked_mp4() {
 
     // The report the operator will read.
     let report = parse_report(&report);
-    let WorkerReport::Succeeded { outputs } = report else {
+    let WorkerReport::Succeeded { outputs, .. } = report else {
         panic!("the worker exited 0 but reported {report:?}");
     };
     let key = format!("riverside/processed/{ROOM}/{RECORDING}/{PARTICIPANT}.mp4");

@@ -205,7 +205,7 @@ pub fn derive_status(
             .iter()
             .filter_map(|a| a.ended.as_ref())
             .find_map(|e| match &e.report {
-                Some(WorkerReport::Succeeded { outputs }) if e.exit_code == 0 => {
+                Some(WorkerReport::Succeeded { outputs, .. }) if e.exit_code == 0 => {
                     Some(outputs.clone())
                 }
                 _ => None,
@@ -351,7 +351,7 @@ pub fn job_deleted_status(
         .iter()
         .filter_map(|a| a.ended.as_ref())
         .find_map(|e| match &e.report {
-            Some(WorkerReport::Succeeded { outputs }) if e.exit_code == 0 => {
+            Some(WorkerReport::Succeeded { outputs, .. }) if e.exit_code == 0 => {
                 Some((outputs.clone(), e.finished_at.clone()))
             }
             _ => None,

@@ -600,12 +600,16 @@ async fn the_worker_image_reports_bad_input_through_the_pod_status() {
                 prefix: "riverside/chunks/room-1/rec-1/alice/".into(),
                 chunk_count: Some(3),
             },
+            start_offset_ms: None,
+            display_name: None,
         }],
         output: Output {
             prefix: "riverside/processed/room-1/rec-1/".into(),
             profile: Profile::Mp4,
+            composite: None,
         },
         cleanup: Cleanup::default(),
+        composite: false,
     };
     env.create::<Pod>(json!({
         "metadata": {"name": "worker"},
