@@ -80,6 +80,11 @@ pub struct Args {
     #[arg(long, env = "MIXDOWN_WORKER_PROGRESS_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=2000), value_name = "MS")]
     pub worker_progress_interval_ms: u64,
 
+    /// Whether a RecordingJob that leaves `output.composite` unset gets a mixdown (one video of
+    /// everyone) when it has two or more tracks. A RecordingJob that sets it decides for itself.
+    #[arg(long, env = "MIXDOWN_COMPOSITE_DEFAULT", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub composite_default: bool,
+
     /// Most Jobs running at once; RecordingJobs beyond it wait as Queued, in creation order.
     #[arg(long, env = "MIXDOWN_MAX_RUNNING_JOBS", default_value_t = 10)]
     pub max_running_jobs: usize,
@@ -160,6 +165,8 @@ pub struct Config {
     pub worker_memory_limit: String,
     pub worker_scratch_size: String,
     pub worker_progress_interval_ms: u64,
+    /// Mixdown for two or more tracks unless the RecordingJob says otherwise.
+    pub composite_default: bool,
     /// Zero means no limit.
     pub max_running_jobs: usize,
 }
@@ -181,6 +188,7 @@ impl Default for Config {
             worker_memory_limit: "2Gi".into(),
             worker_scratch_size: "20Gi".into(),
             worker_progress_interval_ms: 1000,
+            composite_default: true,
             max_running_jobs: 10,
         }
     }
@@ -202,6 +210,7 @@ impl From<&Args> for Config {
             worker_memory_limit: args.worker_memory_limit.clone(),
             worker_scratch_size: args.worker_scratch_size.clone(),
             worker_progress_interval_ms: args.worker_progress_interval_ms,
+            composite_default: args.composite_default,
             max_running_jobs: args.max_running_jobs,
         }
     }

@@ -623,9 +623,10 @@ impl Context {
         }
     }
 
-    /// Removes the previous attempt's `progress` so that a retry starts from nothing.
+    /// Removes the previous attempt's `progress` and `readyOutputs` so that a retry starts from
+    /// nothing.
     ///
-    /// `progress` belongs to the worker's field manager, and the operator must not take it over.
+    /// They belong to the worker's field manager, and the operator must not take it over.
     /// Server-side apply removes a field when its only manager applies without it, so the
     /// operator applies an empty status *as that manager*: the field goes, and ownership stays
     /// where it was for the next attempt's first write.
@@ -662,6 +663,7 @@ impl Context {
         view.status = Some(previous.clone());
         let status = RecordingJobStatus {
             progress: None,
+            ready_outputs: Vec::new(),
             ..derive_status(
                 &view,
                 None,
@@ -704,7 +706,8 @@ impl Context {
         }
     }
 
-    /// Server-side applies the operator's status fields; `progress` is never among them.
+    /// Server-side applies the operator's status fields; `progress` and `readyOutputs`, the
+    /// worker's, are never among them.
     async fn apply_status(
         &self,
         namespace: &str,
@@ -714,6 +717,7 @@ impl Context {
         let api: Api<RecordingJob> = Api::namespaced(self.client.clone(), namespace);
         let status = RecordingJobStatus {
             progress: None,
+            ready_outputs: Vec::new(),
             ..status.clone()
         };
         let body = json!({"apiVersion": API_VERSION, "kind": KIND, "status": status});

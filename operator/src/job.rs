@@ -117,11 +117,16 @@ pub fn build_job(rj: &RecordingJob, config: &Config) -> Result<Job> {
     let spec = &rj.spec;
     let labels = child_labels(rj);
 
-    let worker_job =
-        serde_json::to_string(&WorkerJob::from(spec)).map_err(|source| Error::Serialize {
-            what: "the worker job",
-            source,
-        })?;
+    let worker_job = WorkerJob {
+        composite: spec
+            .output
+            .wants_composite(spec.tracks.len(), config.composite_default),
+        ..WorkerJob::from(spec)
+    };
+    let worker_job = serde_json::to_string(&worker_job).map_err(|source| Error::Serialize {
+        what: "the worker job",
+        source,
+    })?;
     let env_var = |name: &str, value: String| EnvVar {
         name: name.to_string(),
         value: Some(value),
@@ -485,6 +490,43 @@ spec:
         let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         assert_eq!(pod.service_account_name.as_deref(), Some("custom-sa"));
         assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    }
+
+    #[test]
+    fn the_mixdown_is_made_as_the_spec_says_or_by_default_for_two_tracks_or_more() {
+        let two = MINIMAL.replace(
+            "  output:",
+            "    - participantId: bob\n      source: {prefix: riverside/chunks/room1/abc/bob/, chunkCount: 2}\n  output:",
+        );
+        let composite = |yaml: &str, spec: Option<bool>, default_on: bool| {
+            let mut rj = recording_job(yaml);
+            rj.spec.output.composite = spec;
+            let config = Config {
+                composite_default: default_on,
+                ..Config::default()
+            };
+            let job = build_job(&rj, &config).unwrap();
+            let worker_job: WorkerJob =
+                serde_json::from_str(env_value(&job, env::JOB).unwrap()).unwrap();
+            worker_job.composite
+        };
+        // (tracks, spec.output.composite, the operator's default) → mixdown
+        let rows = [
+            (MINIMAL, None, true, false),
+            (two.as_str(), None, true, true),
+            (two.as_str(), None, false, false),
+            (two.as_str(), Some(false), true, false),
+            (MINIMAL, Some(true), false, true),
+            (two.as_str(), Some(true), false, true),
+        ];
+        for (yaml, spec, default_on, expected) in rows {
+            let tracks = recording_job(yaml).spec.tracks.len();
+            assert_eq!(
+                composite(yaml, spec, default_on),
+                expected,
+                "{tracks} track(s), composite {spec:?}, default {default_on}"
+            );
+        }
     }
 
     #[test]

@@ -250,17 +250,39 @@ pub fn announcement(
                 "Start",
                 format!("Worker started (attempt {})", desired.attempts.unwrap_or(1)),
             )),
-            Some(Phase::Succeeded) => events.push(event(
-                // A track processed without its seal is worth a look.
-                if desired.outputs.iter().all(|o| o.sealed) {
-                    EventType::Normal
-                } else {
-                    EventType::Warning
-                },
-                "Succeeded",
-                "Complete",
-                capitalize(&completion_message(&desired.outputs)),
-            )),
+            Some(Phase::Succeeded) => {
+                let mixdown_failed = desired
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == conditions::MIXDOWN_READY && c.status == "False");
+                let message = desired
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == conditions::COMPLETE)
+                    .map_or_else(
+                        || completion_message(&desired.outputs, None),
+                        |c| c.message.clone(),
+                    );
+                events.push(event(
+                    // A track processed without its seal, or a mixdown not made, is worth a look.
+                    if desired.outputs.iter().all(|o| o.sealed) && mixdown_failed.is_none() {
+                        EventType::Normal
+                    } else {
+                        EventType::Warning
+                    },
+                    "Succeeded",
+                    "Complete",
+                    capitalize(&message),
+                ));
+                if let Some(failed) = mixdown_failed {
+                    events.push(event(
+                        EventType::Warning,
+                        reasons::MIXDOWN_FAILED,
+                        "Mix",
+                        capitalize(&failed.message),
+                    ));
+                }
+            }
             Some(Phase::Failed) => events.push(failed_event()),
             Some(Phase::Pending) | None => {}
         }
@@ -838,7 +860,7 @@ mod tests {
                 vec![row(
                     "Warning",
                     "Succeeded",
-                    &capitalize(&completion_message(&unsealed.outputs)),
+                    &capitalize(&completion_message(&unsealed.outputs, None)),
                 )],
             ),
             (

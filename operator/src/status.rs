@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use mixdown_crds::names::{conditions, reasons};
-use mixdown_crds::{Phase, RecordingJob, RecordingJobStatus, WorkerReport};
+use mixdown_crds::{Failure, Phase, RecordingJob, RecordingJobStatus, WorkerReport};
 
 use crate::attempts::{Attempt, attempts, attempts_of_pods};
 use crate::error::Refusal;
@@ -201,17 +201,20 @@ pub fn derive_status(
             .or_else(|| conds.transition_time(conditions::FAILED));
     } else if complete.is_some() {
         status.phase = Some(Phase::Succeeded);
-        status.outputs = attempts
+        let (outputs, mixdown_failure) = attempts
             .iter()
             .filter_map(|a| a.ended.as_ref())
             .find_map(|e| match &e.report {
-                Some(WorkerReport::Succeeded { outputs, .. }) if e.exit_code == 0 => {
-                    Some(outputs.clone())
-                }
+                Some(WorkerReport::Succeeded {
+                    outputs,
+                    mixdown_failure,
+                }) if e.exit_code == 0 => Some((outputs.clone(), mixdown_failure.clone())),
                 _ => None,
             })
             .unwrap_or_default();
-        let message = completion_message(&status.outputs);
+        status.outputs = outputs;
+        set_mixdown(&mut conds, &status.outputs, mixdown_failure.as_ref());
+        let message = completion_message(&status.outputs, mixdown_failure.as_ref());
         conds.set(conditions::RUNNING, false, reasons::COMPLETED, &message);
         conds.set(conditions::COMPLETE, true, reasons::COMPLETED, &message);
         status.completion_time = job_status
@@ -238,6 +241,18 @@ pub fn derive_status(
     } else if started > 0 || counted > 0 {
         // Running, or between two attempts: still Running, so phase does not flap per retry.
         status.phase = Some(Phase::Running);
+        // The worker lists the participants' files once they are verified, before its mixdown.
+        let ready = previous.map_or(0, |p| p.ready_outputs.len());
+        if ready > 0 {
+            conds.set(
+                conditions::MIXDOWN_READY,
+                false,
+                reasons::MIXING,
+                &format!(
+                    "{ready} participant file(s) are verified and can be downloaded; the mixdown is being made"
+                ),
+            );
+        }
         let attempt = attempts.iter().filter(|a| a.started).count().max(1);
         let limit = job.spec.as_ref().and_then(|s| s.backoff_limit).unwrap_or(0) + 1;
         conds.set(
@@ -351,18 +366,24 @@ pub fn job_deleted_status(
         .iter()
         .filter_map(|a| a.ended.as_ref())
         .find_map(|e| match &e.report {
-            Some(WorkerReport::Succeeded { outputs, .. }) if e.exit_code == 0 => {
-                Some((outputs.clone(), e.finished_at.clone()))
-            }
+            Some(WorkerReport::Succeeded {
+                outputs,
+                mixdown_failure,
+            }) if e.exit_code == 0 => Some((
+                outputs.clone(),
+                mixdown_failure.clone(),
+                e.finished_at.clone(),
+            )),
             _ => None,
         });
-    if let Some((outputs, finished_at)) = succeeded {
+    if let Some((outputs, mixdown_failure, finished_at)) = succeeded {
         status.phase = Some(Phase::Succeeded);
         status.reason = None;
         status.outputs = outputs;
+        set_mixdown(&mut conds, &status.outputs, mixdown_failure.as_ref());
         let message = format!(
             "{} (its Job {job_name} was deleted after the worker finished)",
-            completion_message(&status.outputs)
+            completion_message(&status.outputs, mixdown_failure.as_ref())
         );
         status.message = None;
         conds.set(conditions::RUNNING, false, reasons::COMPLETED, &message);
@@ -457,13 +478,53 @@ pub fn start_problem(pods: &[&Pod], create_failure: Option<&str>) -> Option<Star
 
 /// What the Complete condition and the Succeeded Event say: how many files, and for each
 /// unsealed track what it holds and which chunks were left out (and kept).
-pub fn completion_message(outputs: &[mixdown_crds::RecordingOutput]) -> String {
+pub fn completion_message(
+    outputs: &[mixdown_crds::RecordingOutput],
+    mixdown_failure: Option<&Failure>,
+) -> String {
     let mut message = format!("{} output(s) written and verified", outputs.len());
+    if outputs.iter().any(|o| o.is_mixdown()) {
+        message.push_str(", the mixdown among them");
+    }
+    if let Some(failure) = mixdown_failure {
+        message.push_str(&format!(
+            "; the mixdown was not made ({}: {}), the participants' files are complete",
+            failure.reason, failure.message
+        ));
+    }
     for note in outputs.iter().filter_map(|o| o.unsealed_note()) {
         message.push_str("; ");
         message.push_str(&note);
     }
     message
+}
+
+/// The MixdownReady condition of a worker that succeeded: True when its outputs hold the
+/// mixdown, False with the worker's reason when it could not make it. A recording without a
+/// mixdown has none (conditions are rebuilt each time, so one from while it ran goes).
+fn set_mixdown(
+    conds: &mut Conditions,
+    outputs: &[mixdown_crds::RecordingOutput],
+    failure: Option<&Failure>,
+) {
+    if let Some(mixdown) = outputs.iter().find(|o| o.is_mixdown()) {
+        conds.set(
+            conditions::MIXDOWN_READY,
+            true,
+            reasons::MIXDOWN_WRITTEN,
+            &format!("{} written and verified", mixdown.key),
+        );
+    } else if let Some(failure) = failure {
+        conds.set(
+            conditions::MIXDOWN_READY,
+            false,
+            &failure.reason,
+            &format!(
+                "{}; the participants' files are complete and listed in outputs",
+                failure.message
+            ),
+        );
+    }
 }
 
 /// Whether the RecordingJob's status is final: it succeeded or failed, and that judgement still
@@ -577,6 +638,7 @@ fn comparable(status: &RecordingJobStatus) -> RecordingJobStatus {
     let epoch = || Time(jiff::Timestamp::UNIX_EPOCH);
     let mut s = status.clone();
     s.progress = None;
+    s.ready_outputs.clear();
     s.start_time = s.start_time.map(|_| epoch());
     s.completion_time = s.completion_time.map(|_| epoch());
     for c in &mut s.conditions {
