@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::ids;
 use crate::metrics::Metrics;
-use crate::seal::{Decision, check_against_storage, decide};
+use crate::seal::{Decision, SealedTrack, check_against_storage, decide};
 use crate::storage::Storage;
 
 /// Content types a chunk may be uploaded as: what MediaRecorder produces.
@@ -109,6 +109,8 @@ pub struct Joined {
     pub room_id: String,
     pub participant_id: String,
     pub token: String,
+    /// The server's clock when it answered (see [`server_time`]).
+    pub server_time: f64,
 }
 
 #[derive(Serialize, Debug)]
@@ -137,6 +139,8 @@ pub struct UploadUrl {
     pub headers: HashMap<String, String>,
     pub key: String,
     pub expires_at: String,
+    /// The server's clock when it answered (see [`server_time`]).
+    pub server_time: f64,
 }
 
 #[derive(Deserialize)]
@@ -154,6 +158,8 @@ pub struct ConfirmAnswer {
     pub seq: u32,
     /// Chunks of this track confirmed so far (as this replica knows; never more than stored).
     pub confirmed: u32,
+    /// The server's clock when it answered (see [`server_time`]).
+    pub server_time: f64,
 }
 
 #[derive(Deserialize)]
@@ -161,6 +167,15 @@ pub struct ConfirmAnswer {
 pub struct SealRequest {
     /// How many chunks the track has: chunks `0..chunkCount-1` must all be in storage.
     pub chunk_count: u32,
+    /// When the page's recorder started, on the server's clock (Unix milliseconds), as the page
+    /// estimated it from the `serverTime` of its round trips. Becomes the track's
+    /// `startOffsetMs`; without it the track starts with the recording in the mixdown.
+    #[serde(default)]
+    pub recorder_started_at: Option<f64>,
+    /// How far off `recorderStartedAt` may be, in milliseconds: half the shortest round trip
+    /// the page's estimate came from. Logged.
+    #[serde(default)]
+    pub clock_error_ms: Option<f64>,
 }
 
 #[derive(Serialize, Debug)]
@@ -172,6 +187,12 @@ pub struct Sealed {
     pub chunk_count: u32,
     /// True when the track was already sealed with this count (a retry): nothing changed.
     pub already_sealed: bool,
+    /// Where the track starts in the mixdown, in milliseconds after the recording's start, as
+    /// the spec holds it (unset: with the recording).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_offset_ms: Option<i64>,
+    /// The server's clock when it answered (see [`server_time`]).
+    pub server_time: f64,
 }
 
 #[derive(Serialize, Debug)]
@@ -250,6 +271,7 @@ impl AppState {
                 .issue(&claims.room, &participant, Role::Guest, name.as_deref()),
             room_id: claims.room.clone(),
             participant_id: participant,
+            server_time: server_time(),
         })
     }
 
@@ -344,6 +366,7 @@ impl AppState {
             headers: signed.headers.into_iter().collect(),
             key,
             expires_at: expiry(ttl),
+            server_time: server_time(),
         })
     }
 
@@ -418,6 +441,7 @@ impl AppState {
             participant_id: participant.to_string(),
             seq,
             confirmed,
+            server_time: server_time(),
         })
     }
 
@@ -551,12 +575,22 @@ impl AppState {
             .storage
             .layout
             .track(&marker.room_id, recording_id, participant);
-        let sealed = |already_sealed| Sealed {
+        let start_offset_ms = match req.recorder_started_at {
+            Some(at) => start_offset_ms(at, &marker.started_at, recording_id)?,
+            None => None,
+        };
+        let with = SealedTrack {
+            start_offset_ms,
+            display_name: claims.name.clone(),
+        };
+        let sealed = |already_sealed, start_offset_ms| Sealed {
             ok: true,
             recording_id: recording_id.to_string(),
             participant_id: participant.to_string(),
             chunk_count: count,
             already_sealed,
+            start_offset_ms,
+            server_time: server_time(),
         };
         let mut checked = false;
         // A write loses only to another write of the same RecordingJob in between (another
@@ -576,8 +610,8 @@ impl AppState {
                         ),
                     )
                 })?;
-            let tracks = match decide(&rj, participant, &prefix, count)? {
-                Decision::AlreadySealed => return Ok(sealed(true)),
+            let tracks = match decide(&rj, participant, &prefix, count, &with)? {
+                Decision::AlreadySealed(offset) => return Ok(sealed(true, offset)),
                 Decision::Write(tracks) => tracks,
             };
             if !checked {
@@ -608,8 +642,15 @@ impl AppState {
                 .await
                 .map_err(|e| ApiError::internal("sealing the track", e))?
             {
-                tracing::info!(recording = %recording_id, participant = %participant, chunks = count, "track sealed");
-                return Ok(sealed(false));
+                tracing::info!(
+                    recording = %recording_id,
+                    participant = %participant,
+                    chunks = count,
+                    start_offset_ms = ?start_offset_ms,
+                    clock_error_ms = ?req.clock_error_ms.map(|e| e.round()),
+                    "track sealed"
+                );
+                return Ok(sealed(false, start_offset_ms));
             }
         }
         Err(ApiError::internal(
@@ -704,7 +745,7 @@ impl AppState {
                     chunk_count: None,
                 },
                 start_offset_ms: None,
-                display_name: None,
+                display_name: marker.names.get(participant).cloned(),
             })
             .collect();
         let spec = RecordingJobSpec {
@@ -804,8 +845,8 @@ impl AppState {
                 .outputs
                 .iter()
                 .map(|o| {
-                    json!({
-                        "participantId": o.participant_id,
+                    let mut output = json!({
+                        "kind": if o.is_mixdown() { "mixdown" } else { "track" },
                         "key": o.key,
                         "sizeBytes": o.size_bytes,
                         "durationSeconds": o.duration_seconds,
@@ -817,10 +858,24 @@ impl AppState {
                         })),
                         "url": self.storage.presign_get(&o.key, ttl).url,
                         "urlExpiresAt": expiry(ttl),
-                    })
+                    });
+                    if !o.is_mixdown() {
+                        output["participantId"] = json!(o.participant_id);
+                    }
+                    output
                 })
                 .collect();
             value["outputs"] = Value::Array(outputs);
+        }
+        if let Some(mixdown) = &view.mixdown {
+            let mut m = json!({"state": mixdown.state});
+            if let Some(reason) = &mixdown.reason {
+                m["reason"] = json!(reason);
+            }
+            if let Some(message) = &mixdown.message {
+                m["message"] = json!(message);
+            }
+            value["mixdown"] = m;
         }
         if let Some(reason) = &view.reason {
             value["reason"] = json!(reason);
@@ -932,6 +987,42 @@ fn display_name(name: Option<String>) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// The server's clock now, in Unix milliseconds with a fraction: what pages set their clocks by.
+/// A page estimates its clock's offset from the answers that carry it, NTP style: with the
+/// request sent at t0 and the answer read at t3 on its own clock, offset = serverTime -
+/// (t0 + t3) / 2, off by at most (t3 - t0) / 2; it keeps the estimate of its shortest round trip.
+pub fn server_time() -> f64 {
+    jiff::Timestamp::now().as_microsecond() as f64 / 1000.0
+}
+
+/// Where a recorder that started at `started_at` (server clock, Unix ms) starts in the recording
+/// that started at `recording_start` (an RFC 3339 timestamp): milliseconds after it, 0 when the
+/// estimate falls a little before it (a clock estimate is off by up to its error, and a recorder
+/// starts after the recording did). A time that cannot be this recording's is refused.
+pub fn start_offset_ms(
+    started_at: f64,
+    recording_start: &str,
+    recording: &str,
+) -> Result<Option<i64>, ApiError> {
+    let Ok(start) = recording_start.parse::<jiff::Timestamp>() else {
+        // A marker from before recordings had a start time: nothing to place the track by.
+        return Ok(None);
+    };
+    let start_ms = start.as_microsecond() as f64 / 1000.0;
+    let offset = started_at - start_ms;
+    // Recorders start when they hear of the recording, so an offset below zero is the
+    // estimate's error; a minute before, or more than a day after, is another clock or a bug.
+    if !offset.is_finite()
+        || offset < -60_000.0
+        || offset > mixdown_crds::validation::MAX_START_OFFSET_MS as f64
+    {
+        return Err(ApiError::bad_request(format!(
+            "recorderStartedAt {started_at} is not a time of recording {recording}, which started at {recording_start} ({start_ms:.0} ms on the server's clock): send the recorder's start on the server's clock, in Unix milliseconds"
+        )));
+    }
+    Ok(Some(offset.max(0.0).round() as i64))
+}
+
 fn expiry(ttl: Duration) -> String {
     (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(ttl.as_secs() as i64)).to_string()
 }
@@ -953,6 +1044,36 @@ mod tests {
         }
         assert!(display_name(Some("x".repeat(65))).is_err());
         assert_eq!(display_name(Some("  ".into())).ok(), Some(None));
+    }
+
+    #[test]
+    fn a_recorder_start_on_the_servers_clock_becomes_the_tracks_offset() {
+        let start = "2026-12-03T10:00:00.250Z";
+        let start_ms = 1_796_292_000_250.0;
+        assert_eq!(
+            start.parse::<jiff::Timestamp>().unwrap().as_millisecond() as f64,
+            start_ms
+        );
+        let offset = |at: f64| start_offset_ms(at, start, "rec1").map_err(|e| e.to_string());
+        assert_eq!(offset(start_ms + 3000.4), Ok(Some(3000)));
+        assert_eq!(offset(start_ms + 0.6), Ok(Some(1)));
+        // A little before the start is the estimate's error: the recorder started with it.
+        assert_eq!(offset(start_ms - 35.0), Ok(Some(0)));
+        // Another clock, or not a time at all: refused, naming the field.
+        for bad in [
+            start_ms - 3_600_000.0,
+            start_ms + 90_000_000.0,
+            f64::NAN,
+            1234.0,
+        ] {
+            let refused = offset(bad).unwrap_err();
+            assert!(refused.contains("recorderStartedAt"), "{refused}");
+        }
+        // A marker without a start time places nothing.
+        assert_eq!(start_offset_ms(start_ms, "", "rec1").ok(), Some(None));
+        // The server's clock is what pages set theirs by: Unix milliseconds, now.
+        let now = jiff::Timestamp::now().as_millisecond() as f64;
+        assert!((server_time() - now).abs() < 1000.0);
     }
 
     #[test]

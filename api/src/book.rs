@@ -48,6 +48,57 @@ pub struct View {
     pub message: Option<String>,
     /// Each participant's track: sealed (with its chunk count) or still uploading.
     pub tracks: Vec<TrackView>,
+    /// Where the mixdown is, for a recording that makes one.
+    pub mixdown: Option<MixdownView>,
+}
+
+/// Where a recording's mixdown is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MixdownView {
+    /// `mixing` (the participants' files are ready, the mixdown is being made), `ready` or
+    /// `failed`.
+    pub state: &'static str,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+}
+
+impl MixdownView {
+    /// From the operator's MixdownReady condition, or the worker's `readyOutputs` before the
+    /// operator said anything. `None` for a recording without a mixdown.
+    fn of(status: &mixdown_crds::RecordingJobStatus) -> Option<MixdownView> {
+        let finished = status.phase.is_some_and(mixdown_crds::Phase::is_finished);
+        let condition = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == mixdown_crds::names::conditions::MIXDOWN_READY);
+        match condition {
+            Some(c) if c.status == "True" => Some(MixdownView {
+                state: "ready",
+                reason: None,
+                message: None,
+            }),
+            Some(c) if c.reason != mixdown_crds::names::reasons::MIXING || finished => {
+                Some(MixdownView {
+                    state: "failed",
+                    reason: Some(c.reason.clone()),
+                    message: Some(c.message.clone()),
+                })
+            }
+            _ if !finished && (condition.is_some() || !status.ready_outputs.is_empty()) => {
+                Some(MixdownView {
+                    state: "mixing",
+                    reason: None,
+                    message: None,
+                })
+            }
+            _ if status.outputs.iter().any(|o| o.is_mixdown()) => Some(MixdownView {
+                state: "ready",
+                reason: None,
+                message: None,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// One track as clients see it.
@@ -77,7 +128,8 @@ impl View {
                 _ => status.progress.unwrap_or(0).clamp(0, 100),
             },
             attempts: status.attempts.unwrap_or(0),
-            outputs: status.outputs,
+            mixdown: MixdownView::of(&status),
+            outputs: outputs_of(&status),
             // A reason on a job still running belongs to a retried attempt, not to the result.
             reason: status.reason.filter(|_| finished),
             message: status.message.filter(|_| finished),
@@ -105,7 +157,22 @@ impl View {
             && self.reason == other.reason
             && self.message == other.message
             && self.tracks == other.tracks
+            && self.mixdown == other.mixdown
     }
+}
+
+/// The files a room can download: once processing succeeded, the operator's `outputs` (the
+/// mixdown first); before, the participants' files the worker verified (`readyOutputs`) while
+/// its mixdown is being made, and still those if the mixdown's attempts ended in failure: a
+/// mixdown never hides good files.
+fn outputs_of(status: &mixdown_crds::RecordingJobStatus) -> Vec<RecordingOutput> {
+    let mut outputs = if !status.outputs.is_empty() {
+        status.outputs.clone()
+    } else {
+        status.ready_outputs.clone()
+    };
+    outputs.sort_by_key(|o| !o.is_mixdown());
+    outputs
 }
 
 /// A RecordingJob as the book keeps it.
@@ -580,8 +647,78 @@ mod tests {
                 reason: (phase == "Failed").then(|| "MissingChunk".into()),
                 message: (phase == "Failed").then(|| "chunk 3 is missing".into()),
                 tracks: Vec::new(),
+                mixdown: None,
             },
         }
+    }
+
+    #[test]
+    fn the_room_sees_the_participants_files_while_the_mixdown_is_made_and_the_mixdown_first() {
+        let rj = |status: &str| -> RecordingJob {
+            serde_yaml::from_str(&format!(
+                r#"
+apiVersion: mixdown.dev/v1alpha1
+kind: RecordingJob
+metadata: {{name: rec-1}}
+spec:
+  roomId: room1
+  recordingId: rec1
+  tracks: [{{participantId: a, source: {{prefix: c/a/, chunkCount: 2}}}}, {{participantId: b, source: {{prefix: c/b/, chunkCount: 2}}}}]
+  output: {{prefix: out/}}
+status: {status}
+"#
+            ))
+            .expect("a RecordingJob")
+        };
+        let track = |p: &str| {
+            format!("{{participantId: {p}, key: out/{p}.mp4, sizeBytes: 10, durationSeconds: 2.0}}")
+        };
+        let mixdown = "{kind: mixdown, key: out/mixdown.mp4, sizeBytes: 30, durationSeconds: 5.0}";
+        let ready = format!("[{}, {}]", track("a"), track("b"));
+        let keys = |v: &View| v.outputs.iter().map(|o| o.key.clone()).collect::<Vec<_>>();
+
+        // Running, the worker listed the participants' files: they are ready, the mixdown not.
+        let running = View::of(&rj(&format!("{{phase: Running, readyOutputs: {ready}}}")));
+        assert_eq!(keys(&running), ["out/a.mp4", "out/b.mp4"]);
+        assert_eq!(running.mixdown.as_ref().map(|m| m.state), Some("mixing"));
+        // Succeeded: the operator's outputs, the mixdown first whatever their order.
+        let done = View::of(&rj(&format!(
+            "{{phase: Succeeded, readyOutputs: {ready}, outputs: [{}, {mixdown}, {}], conditions: [{{type: MixdownReady, status: 'True', reason: MixdownWritten, message: m, lastTransitionTime: '2026-01-01T00:00:00Z'}}]}}",
+            track("a"),
+            track("b")
+        )));
+        assert_eq!(keys(&done), ["out/mixdown.mp4", "out/a.mp4", "out/b.mp4"]);
+        assert_eq!(done.mixdown.as_ref().map(|m| m.state), Some("ready"));
+        // A mixdown that could not be made: the files stay, and the room hears why.
+        let failed = View::of(&rj(&format!(
+            "{{phase: Succeeded, outputs: {ready}, conditions: [{{type: MixdownReady, status: 'False', reason: MixdownFailed, message: 'track b cannot be read', lastTransitionTime: '2026-01-01T00:00:00Z'}}]}}"
+        )));
+        assert_eq!(keys(&failed), ["out/a.mp4", "out/b.mp4"]);
+        let m = failed.mixdown.expect("a mixdown state");
+        assert_eq!(
+            (m.state, m.reason.as_deref(), m.message.as_deref()),
+            (
+                "failed",
+                Some("MixdownFailed"),
+                Some("track b cannot be read")
+            )
+        );
+        // Every attempt failed after the files were verified: still downloadable.
+        let gave_up = View::of(&rj(&format!(
+            "{{phase: Failed, reason: BackoffLimitExceeded, readyOutputs: {ready}}}"
+        )));
+        assert_eq!(keys(&gave_up), ["out/a.mp4", "out/b.mp4"]);
+        // No mixdown asked for: none said.
+        let plain = View::of(&rj(&format!(
+            "{{phase: Succeeded, outputs: [{}]}}",
+            track("a")
+        )));
+        assert_eq!(plain.mixdown, None);
+        // A change of the mixdown's state is news on its own.
+        assert!(!running.same_but_progress(&View {
+            mixdown: None,
+            ..running.clone()
+        }));
     }
 
     fn synced() -> Book {

@@ -78,10 +78,20 @@ pub fn check_against_storage(
 /// What a seal does to a RecordingJob.
 #[derive(Debug, PartialEq)]
 pub enum Decision {
-    /// The track is already sealed with this count: nothing to write.
-    AlreadySealed,
+    /// The track is already sealed with this count: nothing to write. Its start offset, as
+    /// sealed.
+    AlreadySealed(Option<i64>),
     /// Write these tracks (the seal applied) on the spec.
     Write(Vec<Track>),
+}
+
+/// What a seal writes on the track besides its chunk count.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SealedTrack {
+    /// Where the track starts, in milliseconds after the recording's start.
+    pub start_offset_ms: Option<i64>,
+    /// The participant's display name, for the mixdown's tile.
+    pub display_name: Option<String>,
 }
 
 /// Decides the seal of `participant`'s track (chunks under `prefix`) with `count` chunks.
@@ -90,6 +100,7 @@ pub fn decide(
     participant: &str,
     prefix: &str,
     count: u32,
+    with: &SealedTrack,
 ) -> Result<Decision, ApiError> {
     let recording = &rj.spec.recording_id;
     let existing = rj
@@ -101,7 +112,7 @@ pub fn decide(
         && let Some(sealed) = rj.spec.tracks[i].source.chunk_count
     {
         if sealed == count {
-            return Ok(Decision::AlreadySealed);
+            return Ok(Decision::AlreadySealed(rj.spec.tracks[i].start_offset_ms));
         }
         return Err(ApiError::conflict(
             "already_sealed",
@@ -120,7 +131,14 @@ pub fn decide(
     }
     let mut tracks = rj.spec.tracks.clone();
     match existing {
-        Some(i) => tracks[i].source.chunk_count = Some(count),
+        Some(i) => {
+            let track = &mut tracks[i];
+            track.source.chunk_count = Some(count);
+            track.start_offset_ms = with.start_offset_ms;
+            if track.display_name.is_none() {
+                track.display_name = with.display_name.clone();
+            }
+        }
         None if tracks.len() >= MAX_TRACKS => {
             return Err(ApiError::conflict(
                 "too_many_tracks",
@@ -135,8 +153,8 @@ pub fn decide(
                 prefix: prefix.to_string(),
                 chunk_count: Some(count),
             },
-            start_offset_ms: None,
-            display_name: None,
+            start_offset_ms: with.start_offset_ms,
+            display_name: with.display_name.clone(),
         }),
     }
     Ok(Decision::Write(tracks))
@@ -257,13 +275,43 @@ spec:
 
         // An unsealed track is sealed, while Uploading or not yet judged.
         for status in [uploading, ""] {
-            let Ok(Decision::Write(tracks)) = decide(&rj(OPEN, status), "g-1", "c/g-1/", 9) else {
+            let Ok(Decision::Write(tracks)) = decide(
+                &rj(OPEN, status),
+                "g-1",
+                "c/g-1/",
+                9,
+                &SealedTrack::default(),
+            ) else {
                 panic!("a seal while uploading is written ({status:?})");
             };
             assert_eq!(tracks[1].source.chunk_count, Some(9));
         }
+        // A seal writes where the track starts, and the name the token gave, on the track.
+        let with = SealedTrack {
+            start_offset_ms: Some(2040),
+            display_name: Some("Guest One".into()),
+        };
+        let Ok(Decision::Write(tracks)) = decide(&rj(OPEN, ""), "g-1", "c/g-1/", 9, &with) else {
+            panic!("a seal while uploading is written");
+        };
+        assert_eq!(tracks[1].start_offset_ms, Some(2040));
+        assert_eq!(tracks[1].display_name.as_deref(), Some("Guest One"));
+        assert_eq!(
+            tracks[0].start_offset_ms, None,
+            "another track is left alone"
+        );
+        let Ok(Decision::Write(tracks)) = decide(&rj(OPEN, ""), "g-3", "c/g-3/", 1, &with) else {
+            panic!("a late participant is added");
+        };
+        assert_eq!(tracks[2].start_offset_ms, Some(2040));
         // A participant who had nothing in storage at stop is added, sealed.
-        let Ok(Decision::Write(tracks)) = decide(&rj(OPEN, uploading), "g-2", "c/g-2/", 2) else {
+        let Ok(Decision::Write(tracks)) = decide(
+            &rj(OPEN, uploading),
+            "g-2",
+            "c/g-2/",
+            2,
+            &SealedTrack::default(),
+        ) else {
             panic!("a late participant is added");
         };
         assert_eq!(tracks.len(), 3);
@@ -272,22 +320,44 @@ spec:
         // The same seal again, even after processing: done, nothing written.
         for status in [uploading, started] {
             assert_eq!(
-                decide(&rj(SEALED, status), "g-1", "c/g-1/", 9).ok(),
-                Some(Decision::AlreadySealed)
+                decide(
+                    &rj(SEALED, status),
+                    "g-1",
+                    "c/g-1/",
+                    9,
+                    &SealedTrack::default()
+                )
+                .ok(),
+                Some(Decision::AlreadySealed(None))
             );
         }
         // Another count on a sealed track is refused.
-        let refused = decide(&rj(SEALED, uploading), "g-1", "c/g-1/", 8).unwrap_err();
+        let refused = decide(
+            &rj(SEALED, uploading),
+            "g-1",
+            "c/g-1/",
+            8,
+            &SealedTrack::default(),
+        )
+        .unwrap_err();
         assert_eq!(refused.code(), "already_sealed");
         // Once the uploads are closed (Pending, Queued, a Job), nothing changes any more.
         for status in [closed, started] {
-            let refused = decide(&rj(OPEN, status), "g-1", "c/g-1/", 9).unwrap_err();
+            let refused = decide(
+                &rj(OPEN, status),
+                "g-1",
+                "c/g-1/",
+                9,
+                &SealedTrack::default(),
+            )
+            .unwrap_err();
             assert_eq!(refused.code(), "processing_started", "{status}");
             assert!(refused.to_string().contains("chunks stay in storage"));
         }
         // Not yet judged, every track sealed: the operator may start it without closing, so
         // no participant is added.
-        let refused = decide(&rj(SEALED, ""), "g-2", "c/g-2/", 1).unwrap_err();
+        let refused =
+            decide(&rj(SEALED, ""), "g-2", "c/g-2/", 1, &SealedTrack::default()).unwrap_err();
         assert_eq!(refused.code(), "processing_started");
     }
 }

@@ -157,6 +157,10 @@ fn recording_id(data: Option<Value>) -> Result<String, ApiError> {
 struct SealData {
     recording_id: String,
     chunk_count: u32,
+    #[serde(default)]
+    recorder_started_at: Option<f64>,
+    #[serde(default)]
+    clock_error_ms: Option<f64>,
 }
 
 fn seal_request(data: Option<Value>) -> Result<(String, crate::app::SealRequest), ApiError> {
@@ -167,12 +171,14 @@ fn seal_request(data: Option<Value>) -> Result<(String, crate::app::SealRequest)
                 d.recording_id,
                 crate::app::SealRequest {
                     chunk_count: d.chunk_count,
+                    recorder_started_at: d.recorder_started_at,
+                    clock_error_ms: d.clock_error_ms,
                 },
             )
         })
         .map_err(|e| {
             ApiError::bad_request(format!(
-                "send `{{recordingId, chunkCount}}`, a string and a whole number: {e}"
+                "send `{{recordingId, chunkCount, recorderStartedAt?, clockErrorMs?}}`, a string, a whole number and two numbers: {e}"
             ))
         })
 }
