@@ -42,6 +42,10 @@
     recordedByMe: new Map(),
     // participantId -> display name, as the server tells them (from each one's token)
     names: new Map(),
+    // The best estimate of the server's clock so far (see `clockSample`).
+    clock: null,
+    // Recordings whose recorder started in this page (not before a reload).
+    startedHere: new Set(),
   };
 
   // ---- words a person understands ----
@@ -85,24 +89,69 @@
     return e.message;
   }
 
+  // ---- the server's clock ----
+  //
+  // Each participant's track is placed in the mixdown where its recorder started, on the
+  // server's clock: the page's own clock may be off by seconds. Answers that carry `serverTime`
+  // (the server's Unix milliseconds, read while it handled the request) set it, NTP style: sent at
+  // t0 and answered at t3 on this page's clock, the server read its clock somewhere in between,
+  // so offset = serverTime - (t0 + t3) / 2, off by at most (t3 - t0) / 2. Of all samples the one
+  // of the shortest round trip is the best (NTP's clock filter): the estimate is as good as half
+  // the shortest round trip.
+
+  /** This page's clock: Unix milliseconds, high resolution. */
+  const pageNow = () => performance.timeOrigin + performance.now();
+
+  /** One round trip's estimate `{offset, error}` (ms: server = page + offset, ±error), or null. */
+  function clockSample(t0, t3, serverTime) {
+    if (![t0, t3, serverTime].every(Number.isFinite) || t3 < t0) return null;
+    return { offset: serverTime - (t0 + t3) / 2, error: (t3 - t0) / 2 };
+  }
+
+  /** The better of two estimates (either may be missing): the one with the smaller error. */
+  function betterClock(a, b) {
+    if (!a) return b || null;
+    if (!b) return a;
+    return b.error < a.error ? b : a;
+  }
+
+  /** Notes the server's clock from an answer sent at `t0` and read at `t3` (page clock). */
+  function noteServerTime(t0, t3, answer) {
+    const sample = clockSample(t0, t3, answer && answer.serverTime);
+    if (sample) state.clock = betterClock(state.clock, sample);
+  }
+
+  /** A socket.io call with an ack, its answer setting the clock too. */
+  async function emitTimed(sock, timeout, event, body) {
+    const t0 = pageNow();
+    const ack = await sock.timeout(timeout).emitWithAck(event, body);
+    noteServerTime(t0, pageNow(), ack);
+    return ack;
+  }
+
   // ---- the API ----
 
   async function api(path, { token, body, method } = {}) {
     const headers = { 'Content-Type': 'application/json' };
     if (token) headers.Authorization = 'Bearer ' + token;
     let response;
+    const t0 = pageNow();
+    let t3;
     try {
       response = await fetch(path, {
         method: method || 'POST',
         headers,
         body: body === undefined ? undefined : JSON.stringify(body),
       });
+      // The answer's headers are in: the server answered by now (the body only follows).
+      t3 = pageNow();
     } catch (e) {
       throw new ApiFailure(0, 'network', 'the network request failed');
     }
     const text = await response.text();
     let json = {};
     try { json = text ? JSON.parse(text) : {}; } catch (_) { json = {}; }
+    if (response.ok) noteServerTime(t0, t3, json);
     if (!response.ok) {
       throw new ApiFailure(response.status, json.code || 'error', json.detail || response.statusText, json.chunk);
     }
@@ -225,25 +274,48 @@
     }
   }
 
+  /**
+   * What a seal says besides the chunk count: when the recorder started, on the server's clock,
+   * and how far off that may be. A track recorded before a reload is converted with the estimate
+   * kept with it (made with the clock it was timed by); one recorded here with the best of both.
+   */
+  function startOf(track) {
+    if (!Number.isFinite(track.startedAt)) return {};
+    const estimate = state.startedHere.has(track.recordingId)
+      ? betterClock(state.clock, track.clock)
+      : (track.clock || state.clock);
+    if (!estimate) return {};
+    return {
+      recorderStartedAt: Math.round((track.startedAt + estimate.offset) * 10) / 10,
+      clockErrorMs: Math.round(estimate.error * 10) / 10,
+    };
+  }
+
   async function seal(track) {
-    const body = { recordingId: track.recordingId, chunkCount: track.recorded };
+    const start = startOf(track);
     const sock = state.socket;
+    let answer;
     if (sock && sock.connected) {
       let ack;
       try {
-        ack = await sock.timeout(10000).emitWithAck('upload_complete', body);
+        ack = await emitTimed(sock, 10000, 'upload_complete', { recordingId: track.recordingId, chunkCount: track.recorded, ...start });
       } catch (_) {
         throw new ApiFailure(0, 'network', 'no answer to the seal');
       }
       if (ack && ack.error) {
         throw new ApiFailure(ack.error.code === 'unavailable' ? 503 : 409, ack.error.code, ack.error.message, ack.error.chunk);
       }
-      return ack;
+      answer = ack;
+    } else {
+      answer = await api(`/api/recordings/${encodeURIComponent(track.recordingId)}/tracks/complete`, {
+        token: state.session.token,
+        body: { chunkCount: track.recorded, ...start },
+      });
     }
-    return api(`/api/recordings/${encodeURIComponent(track.recordingId)}/tracks/complete`, {
-      token: state.session.token,
-      body: { chunkCount: track.recorded },
-    });
+    console.info(`mixdown: track of ${track.recordingId} sealed; recorder started at ${start.recorderStartedAt} `
+      + `(server clock, ±${start.clockErrorMs} ms), ${answer && answer.startOffsetMs} ms into the recording; `
+      + `clock offset ${state.clock && state.clock.offset.toFixed(1)} ms`);
+    return answer;
   }
 
   /** Uploads every unsent chunk, in order, then seals each track whose recording stopped. */
@@ -371,13 +443,22 @@
       const type = event.data.type || mr.mimeType || mimeType || 'video/webm';
       rec.chain = rec.chain
         .then(() => putChunk({ participantId: me(), recordingId, seq, blob: event.data, type, confirmed: false }))
-        .then(() => updateTrack(recordingId, { recorded: seq + 1 }))
+        .then(() => updateTrack(recordingId, { recorded: seq + 1, clock: state.clock }))
         .then(() => { state.recordedByMe.set(recordingId, seq + 1); pump(); })
         .catch((e) => showError('A chunk could not be kept in this browser: ' + e.message));
     };
+    // When the recorder really started, on this page's clock: kept with the track, so that a
+    // page reloaded before the seal still says where its track starts.
+    mr.onstart = (event) => {
+      const startedAt = performance.timeOrigin + event.timeStamp;
+      state.startedHere.add(recordingId);
+      rec.chain = rec.chain
+        .then(() => updateTrack(recordingId, { startedAt, clock: state.clock }))
+        .catch((e) => showError('The recording\'s start could not be kept in this browser: ' + e.message));
+    };
     mr.onstop = () => {
       rec.chain = rec.chain
-        .then(() => updateTrack(recordingId, { final: true }))
+        .then(() => updateTrack(recordingId, { final: true, clock: state.clock }))
         .then(() => { if (state.recorder === rec) state.recorder = null; pump(); render(); });
     };
     mr.start(TIMESLICE_MS);
@@ -405,6 +486,10 @@
       });
       $('preview').srcObject = state.stream;
       await listDevices();
+      // A recording that started before the camera was on (a participant who joined late):
+      // record it from now on.
+      const rec = state.current && state.recordings.get(state.current);
+      if (rec && rec.active) startRecorder(rec.recordingId);
     } catch (e) {
       state.stream = null;
       showError(mediaError(e));
@@ -431,7 +516,7 @@
   function recording(recordingId) {
     let rec = state.recordings.get(recordingId);
     if (!rec) {
-      rec = { recordingId, active: false, stopped: false, phase: null, progress: 0, tracks: [], outputs: [], confirmed: new Map() };
+      rec = { recordingId, active: false, stopped: false, phase: null, progress: 0, tracks: [], outputs: [], mixdown: null, confirmed: new Map() };
       state.recordings.set(recordingId, rec);
     }
     state.current = recordingId;
@@ -455,12 +540,17 @@
   }
 
   function processing(payload) {
+    // A status answer for a recording still running (no RecordingJob yet) says nothing new.
+    if (payload.phase === 'Recording') return;
     const rec = recording(payload.recordingId);
     Object.assign(rec, {
       phase: payload.phase,
       progress: payload.progress || 0,
       tracks: payload.tracks || rec.tracks,
+      // The files ready so far: each participant's (`kind` "track", or no kind from an older
+      // server) and, once made, the mixdown (`kind` "mixdown").
       outputs: payload.outputs || [],
+      mixdown: payload.mixdown || null,
       reason: payload.reason,
       message: payload.message,
     });
@@ -493,6 +583,7 @@
     });
     socket.on('video-processing-started', processing);
     socket.on('video-processing-update', processing);
+    socket.on('processing-status-response', processing);
     socket.on('video-processing-error', (payload) => {
       const rec = recording(payload.recordingId);
       rec.phase = 'Failed';
@@ -504,12 +595,16 @@
 
   // ---- what the page shows ----
 
+  const isMixdown = (output) => output.kind === 'mixdown';
+  const trackOutputs = (rec) => rec.outputs.filter((o) => !isMixdown(o));
+
   function stageOf(rec, participantId) {
     const track = rec.tracks.find((t) => t.participantId === participantId);
-    const output = rec.outputs.find((o) => o.participantId === participantId);
+    const output = trackOutputs(rec).find((o) => o.participantId === participantId);
     if (rec.active) return 'recording';
-    if (rec.phase === 'Succeeded') return output ? 'ready' : 'failed';
-    if (rec.phase === 'Failed') return 'failed';
+    // A participant's file is ready as soon as it is verified, while the mixdown is still made.
+    if (output) return 'ready';
+    if (rec.phase === 'Succeeded' || rec.phase === 'Failed') return 'failed';
     if (!rec.phase || rec.phase === 'Uploading' || rec.phase === 'Recording') {
       return track && track.sealed ? 'uploaded' : 'uploading';
     }
@@ -545,18 +640,18 @@
       : 'Uploading your recording: keep this page open.';
 
     const body = $('participants').tBodies[0];
-    if (!rec) { body.replaceChildren(); return; }
+    if (!rec) { body.replaceChildren(); renderReady(null); return; }
     const people = new Set([me()]);
     rec.confirmed.forEach((_, p) => people.add(p));
     rec.tracks.forEach((t) => people.add(t.participantId));
-    rec.outputs.forEach((o) => people.add(o.participantId));
+    trackOutputs(rec).forEach((o) => people.add(o.participantId));
     body.replaceChildren(...[...people].map((p) => {
       const stage = stageOf(rec, p);
       const row = document.createElement('tr');
       row.dataset.participant = p;
       row.dataset.stage = stage;
       const who = document.createElement('td');
-      who.textContent = p === me() ? `You (${state.session.name || p})` : (state.names.get(p) || p);
+      who.textContent = nameOf(p);
       const status = document.createElement('td');
       const confirmed = rec.confirmed.get(p) || 0;
       status.textContent = WORDS[stage] + (stage === 'uploading' || stage === 'recording'
@@ -570,18 +665,59 @@
         bar.textContent = `${bar.value}%`;
         progress.append(bar);
       }
-      const file = document.createElement('td');
-      const output = rec.outputs.find((o) => o.participantId === p);
-      if (stage === 'ready' && output) {
-        const link = document.createElement('a');
-        link.href = output.url;
-        link.textContent = `Download (${Math.round(output.durationSeconds)} s)`;
-        link.className = 'download';
-        file.append(link);
-        if (output.sealed === false) file.append(' (not all chunks arrived)');
-      }
-      row.append(who, status, progress, file);
+      row.append(who, status, progress);
       return row;
+    }));
+    renderReady(rec);
+  }
+
+  const nameOf = (p) => (p === me() ? `You (${state.session.name || p})` : (state.names.get(p) || p));
+
+  function sizeText(bytes) {
+    if (!Number.isFinite(bytes)) return '';
+    if (bytes >= 1e9) return `${(bytes / 1e9).toFixed(1)} GB`;
+    if (bytes >= 1e6) return `${(bytes / 1e6).toFixed(1)} MB`;
+    return `${Math.max(1, Math.round(bytes / 1e3))} kB`;
+  }
+
+  /** What the mixdown's line above the files says, or '' for nothing. */
+  function mixdownText(rec) {
+    const mix = rec.mixdown;
+    if (!mix || rec.phase === 'Failed') return '';
+    if (mix.state === 'mixing') return 'Mixdown in progress…';
+    if (mix.state === 'failed') {
+      return 'The mixdown could not be made' + (mix.message ? `: ${mix.message}` : '.')
+        + ' Each participant\'s file is below.';
+    }
+    return '';
+  }
+
+  /** The Ready list: the mixdown first (everyone together), then each participant's file. */
+  function renderReady(rec) {
+    const mixdown = rec ? rec.outputs.find(isMixdown) : null;
+    const files = rec ? [mixdown, ...trackOutputs(rec)].filter(Boolean) : [];
+    const said = rec ? mixdownText(rec) : '';
+    const ready = $('ready');
+    ready.hidden = files.length === 0 && !said;
+    ready.dataset.phase = (rec && rec.phase) || '';
+    ready.dataset.mixdown = rec && rec.mixdown ? rec.mixdown.state : (mixdown ? 'ready' : 'none');
+    $('mixdown-status').textContent = said;
+    $('mixdown-status').hidden = !said;
+    $('files').replaceChildren(...files.map((output) => {
+      const item = document.createElement('li');
+      item.dataset.kind = isMixdown(output) ? 'mixdown' : 'track';
+      if (!isMixdown(output)) item.dataset.participant = output.participantId;
+      const name = document.createElement('span');
+      name.className = 'name';
+      name.textContent = isMixdown(output) ? 'Everyone (mixdown)' : nameOf(output.participantId);
+      const link = document.createElement('a');
+      link.href = output.url;
+      link.className = 'download';
+      link.dataset.kind = item.dataset.kind;
+      link.textContent = `Download (${Math.round(output.durationSeconds)} s, ${sizeText(output.sizeBytes)})`;
+      item.append(name, ' ', link);
+      if (output.sealed === false && !isMixdown(output)) item.append(' (not all chunks arrived)');
+      return item;
     }));
   }
 

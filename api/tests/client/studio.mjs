@@ -19,7 +19,7 @@ mkdirSync(artifacts, { recursive: true });
 const log = (...a) => console.error('[studio]', ...a);
 
 const browser = await launchChromium();
-const result = { scenario, stages: {}, progress: {}, links: {}, errors: {}, errorsSeen: {}, safe: {}, names: {}, recordedAs: {}, mimeType: null };
+const result = { scenario, stages: {}, progress: {}, links: {}, mixdown: {}, readyOrder: {}, errors: {}, errorsSeen: {}, safe: {}, names: {}, recordedAs: {}, mimeType: null };
 try {
   const context = async (name) => {
     const ctx = await browser.newContext({ viewport: { width: 1100, height: 800 } });
@@ -155,11 +155,21 @@ try {
       } else {
         delete result.errors[name];
       }
-      if (rows.length === 2 && rows.every((r) => r.stage === 'ready' || r.stage === 'failed')) {
+      // Done once every row is Ready (or Failed) and processing ended: the participants' files
+      // are ready while the mixdown is still made.
+      const phase = await page.getAttribute('#ready', 'data-phase');
+      if (rows.length === 2 && rows.every((r) => r.stage === 'ready' || r.stage === 'failed')
+        && ['Succeeded', 'Failed'].includes(phase)) {
         await page.waitForSelector('#safe[data-safe="true"]', { timeout: 30000 }).catch(() => {});
         result.safe[name] = await page.getAttribute('#safe', 'data-safe');
         await shot(name, 'ready');
-        result.links[name] = await page.$$eval('a.download', (as) => as.map((a) => a.href));
+        result.links[name] = await page.$$eval('#files a.download[data-kind="track"]', (as) => as.map((a) => a.href));
+        result.readyOrder[name] = await page.$$eval('#files li', (lis) => lis.map((li) => li.dataset.kind));
+        result.mixdown[name] = {
+          state: await page.getAttribute('#ready', 'data-mixdown'),
+          said: await page.textContent('#mixdown-status'),
+          url: await page.$eval('#files a.download[data-kind="mixdown"]', (a) => a.href).catch(() => null),
+        };
         result.names[name] = await page.$$eval('#participants tbody tr td:first-child', (tds) => tds.map((td) => td.textContent));
         return;
       }
