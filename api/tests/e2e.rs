@@ -12,7 +12,7 @@ use serde_json::json;
 const LONG: Duration = Duration::from_secs(180);
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_recording_goes_from_room_to_finished_files_and_everyone_hears_it() {
+async fn a_recording_goes_from_room_to_finished_files_and_the_mixdown_and_everyone_hears_it() {
     let world = World::new(&[]).await;
     let _operator = world.operator(WORKER_IMAGE, &[]);
     let api = ApiServer::start(&world, &["--output-profile", "mp4"]).await;
@@ -70,17 +70,51 @@ async fn a_recording_goes_from_room_to_finished_files_and_everyone_hears_it() {
         assert_eq!(started["jobName"], job_name.as_str());
         assert_eq!(started["phase"], "Uploading", "{started:#}");
     }
-    // Each page seals its track once its queue drained: the host by socket.io, the guest by REST.
+    // Each page seals its track once its queue drained: the host by socket.io, the guest by REST,
+    // each with when its recorder started on the server's clock: the host 120 ms after the
+    // recording started, the guest, who joined late, 1.5 s after.
+    let (status, state) = api
+        .get(&format!("/api/recordings/{rec}"), Some(&host))
+        .await;
+    assert_eq!(status, 200, "{state}");
+    let started_ms = state["startedAt"]
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .expect("the recording's start")
+        .as_microsecond() as f64
+        / 1000.0;
     let sealed = clients
         .emit_ack(
             "host",
             "upload_complete",
-            json!({"recordingId": rec, "chunkCount": chunks.len()}),
+            json!({"recordingId": rec, "chunkCount": chunks.len(), "recorderStartedAt": started_ms + 120.0, "clockErrorMs": 2.5}),
         )
         .await;
     assert_eq!(sealed["ok"], true, "{sealed}");
-    let (status, sealed) = api.seal(&guest, &rec, chunks.len()).await;
+    assert_eq!(sealed["startOffsetMs"], 120, "{sealed}");
+    assert!(sealed["serverTime"].as_f64().is_some(), "{sealed}");
+    let (status, sealed) = api
+        .post(
+            &format!("/api/recordings/{rec}/tracks/complete"),
+            Some(&guest),
+            Some(json!({"chunkCount": chunks.len(), "recorderStartedAt": started_ms + 1500.0, "clockErrorMs": 4.0})),
+        )
+        .await;
     assert_eq!(status, 200, "{sealed}");
+    assert_eq!(sealed["startOffsetMs"], 1500, "{sealed}");
+    // The RecordingJob holds where each track starts, and the names for the mixdown's tiles.
+    let rj = world.rjs().get(&job_name).await.expect("the RecordingJob");
+    let placed: Vec<_> = rj
+        .spec
+        .tracks
+        .iter()
+        .map(|t| (t.display_name.clone(), t.start_offset_ms))
+        .collect();
+    assert!(
+        placed.contains(&(Some("Host".into()), Some(120)))
+            && placed.contains(&(Some("Guest".into()), Some(1500))),
+        "{placed:?}"
+    );
     // Every page hears each track sealed.
     clients
         .wait_event("host", "video-processing-update", WAIT, |e| {
@@ -118,10 +152,42 @@ async fn a_recording_goes_from_room_to_finished_files_and_everyone_hears_it() {
         assert!(clients.events(who, "video-processing-error").is_empty());
     }
 
+    // The participants' files reached the room before the mixdown was done.
+    let updates = clients.events("guest", "video-processing-update");
+    let mixing = updates
+        .iter()
+        .find(|u| u["phase"] == "Running" && u["mixdown"]["state"] == "mixing")
+        .unwrap_or_else(|| panic!("no update while mixing: {updates:#?}"));
+    let early = mixing["outputs"]
+        .as_array()
+        .expect("the files ready while mixing");
+    assert_eq!(early.len(), 2, "{mixing:#}");
+    assert!(
+        early
+            .iter()
+            .all(|o| o["kind"] == "track" && o["url"].is_string()),
+        "{mixing:#}"
+    );
+    assert_eq!(done["mixdown"]["state"], "ready", "{done:#}");
+
     let outputs = done["outputs"].as_array().expect("outputs");
-    assert_eq!(outputs.len(), 2, "{done:#}");
+    assert_eq!(outputs.len(), 3, "{done:#}");
     let dir = tempfile::tempdir().expect("temp dir");
-    for output in outputs {
+    // The mixdown first: everyone together, as long as the last track's end (1.5 s + 20 s).
+    let mixdown = &outputs[0];
+    assert_eq!(mixdown["kind"], "mixdown", "{done:#}");
+    assert!(mixdown.get("participantId").is_none(), "{mixdown}");
+    assert_eq!(
+        mixdown["key"],
+        format!("riverside/processed/{room}/{rec}/mixdown.mp4").as_str()
+    );
+    let duration = probe_duration(mixdown["url"].as_str().expect("url"), dir.path()).await;
+    assert!(
+        (duration - 21.5).abs() <= 0.5,
+        "the mixdown plays {duration} s, not 21.5"
+    );
+    for output in &outputs[1..] {
+        assert_eq!(output["kind"], "track", "{output}");
         let key = output["key"].as_str().expect("key");
         assert!(
             key.starts_with(&format!("riverside/processed/{room}/{rec}/")),
@@ -153,7 +219,7 @@ async fn a_recording_goes_from_room_to_finished_files_and_everyone_hears_it() {
     assert_eq!(list["recordings"][0]["recordingId"], rec.as_str());
     assert_eq!(
         list["recordings"][0]["outputs"].as_array().map(Vec::len),
-        Some(2)
+        Some(3)
     );
     assert!(
         api.metric("mixdown_api_stops_total{result=\"created\"}")
@@ -317,11 +383,14 @@ async fn every_replica_tells_its_sockets_once_and_a_killed_one_loses_nothing() {
         )
         .await;
     assert_eq!(answer["phase"], "Succeeded", "{answer:#}");
-    assert_eq!(
-        answer["outputs"].as_array().map(Vec::len),
-        Some(2),
-        "{answer:#}"
-    );
+    // Both participants' files, and the mixdown of the two first.
+    let kinds: Vec<&str> = answer["outputs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, ["mixdown", "track", "track"], "{answer:#}");
     let response = clients
         .wait_event("host2", "processing-status-response", WAIT, |e| {
             e["recordingId"] == rec.as_str()

@@ -152,7 +152,13 @@ async fn a_slow_guest_is_waited_for_and_every_second_recorded_is_in_the_file() {
         .await;
     assert_eq!(done["phase"], "Succeeded", "{done:#}");
     let dir = tempfile::tempdir().expect("temp dir");
-    for output in done["outputs"].as_array().expect("outputs") {
+    let outputs = done["outputs"].as_array().expect("outputs");
+    assert_eq!(
+        outputs[0]["kind"], "mixdown",
+        "the mixdown of the two first: {done:#}"
+    );
+    for output in &outputs[1..] {
+        assert_eq!(output["kind"], "track", "{output}");
         assert_eq!(output["sealed"], true, "{output}");
         assert_eq!(output["chunks"], 12, "{output}");
         let duration = probe_duration(output["url"].as_str().expect("url"), dir.path()).await;
@@ -405,7 +411,12 @@ async fn killing_the_operator_and_a_replica_while_uploading_loses_no_seal() {
         .await;
     assert_eq!(done["phase"], "Succeeded", "{done:#}");
     assert_eq!(done["attempts"], 1, "{done:#}");
-    assert_eq!(done["outputs"].as_array().map(Vec::len), Some(2));
+    // Two participants' files and their mixdown.
+    assert_eq!(
+        done["outputs"].as_array().map(Vec::len),
+        Some(3),
+        "{done:#}"
+    );
     let succeeded = clients
         .events("guest", "video-processing-update")
         .iter()

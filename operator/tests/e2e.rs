@@ -53,8 +53,18 @@ async fn a_two_track_recording_is_processed_and_its_story_told() {
     assert_eq!(status.attempts, Some(1));
     assert_eq!(status.job_name.as_deref(), Some("rec-1"));
     assert!(status.start_time.is_some() && status.completion_time.is_some());
-    assert_eq!(status.outputs.len(), 2, "{status:#?}");
-    for (output, participant) in status.outputs.iter().zip(["alice", "bob"]) {
+    // Two tracks: the mixdown of both (the operator's default), first, then each file.
+    assert_eq!(status.outputs.len(), 3, "{status:#?}");
+    let mixdown = &status.outputs[0];
+    assert!(mixdown.is_mixdown(), "{status:#?}");
+    assert_eq!(mixdown.key, "riverside/processed/room1/rec1/mixdown.mp4");
+    assert!(mixdown.participant_id.is_empty() && mixdown.size_bytes > 0);
+    assert!(
+        (mixdown.duration_seconds - 20.0).abs() < 1.0,
+        "mixdown duration {}",
+        mixdown.duration_seconds
+    );
+    for (output, participant) in status.outputs[1..].iter().zip(["alice", "bob"]) {
         assert_eq!(output.participant_id, participant);
         assert_eq!(
             output.key,
@@ -73,6 +83,10 @@ async fn a_two_track_recording_is_processed_and_its_story_told() {
         .map(|c| (c.type_.as_str(), c.status.as_str()))
         .collect();
     assert!(conditions.contains(&("Complete", "True")), "{conditions:?}");
+    assert!(
+        conditions.contains(&("MixdownReady", "True")),
+        "{conditions:?}"
+    );
 
     // The story as a watcher saw it.
     let seen = statuses.values();
@@ -88,6 +102,23 @@ async fn a_two_track_recording_is_processed_and_its_story_told() {
     assert_eq!(
         phases,
         [Phase::Pending, Phase::Running, Phase::Succeeded],
+        "{seen:#?}"
+    );
+    // The participants' files were listed, ready, while the mixdown was being made, and the
+    // condition said so.
+    let mixing = seen
+        .iter()
+        .find(|s| s.phase == Some(Phase::Running) && s.ready_outputs.len() == 2)
+        .unwrap_or_else(|| panic!("readyOutputs never listed both files: {seen:#?}"));
+    assert!(
+        mixing
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "MixdownReady" && c.status == "False" && c.reason == "Mixing")
+            || seen.iter().any(|s| s
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "MixdownReady" && c.reason == "Mixing")),
         "{seen:#?}"
     );
     let progress: Vec<i32> = seen.iter().filter_map(|s| s.progress).collect();

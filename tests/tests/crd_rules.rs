@@ -72,13 +72,20 @@ async fn the_apis_edits_pass_on_every_version() {
         .await
         .expect("created");
 
-    // bob's page seals his track, then carol's page (she joined late) adds hers, sealed.
-    let sealed = tracks(|t| t[1]["source"]["chunkCount"] = json!(5));
+    // bob's page seals his track, with where it starts and his name, then carol's page (she
+    // joined late) adds hers, sealed.
+    let sealed = tracks(|t| {
+        t[1]["source"]["chunkCount"] = json!(5);
+        t[1]["startOffsetMs"] = json!(1500);
+        t[1]["displayName"] = json!("Bob B.");
+    });
     merge(&api, "seals", json!({"spec": {"tracks": sealed}}))
         .await
         .expect("sealing an unsealed track is accepted");
     let added = tracks(|t| {
         t[1]["source"]["chunkCount"] = json!(5);
+        t[1]["startOffsetMs"] = json!(1500);
+        t[1]["displayName"] = json!("Bob B.");
         t.push(json!({ "participantId": "carol", "source": { "prefix": "c/room-1/r/carol/", "chunkCount": 2 } }));
     });
     merge(&api, "seals", json!({"spec": {"tracks": added}}))
@@ -190,6 +197,16 @@ async fn an_edit_of_a_field_that_cannot_change_is_refused_naming_it_from_1_25() 
         (
             "a sealed track's count",
             json!({"tracks": tracks(|t| t[0]["source"]["chunkCount"] = json!(4))}),
+            "tracks",
+        ),
+        (
+            "a sealed track's start offset",
+            json!({"tracks": tracks(|t| t[0]["startOffsetMs"] = json!(250))}),
+            "tracks",
+        ),
+        (
+            "a sealed track's display name",
+            json!({"tracks": tracks(|t| t[0]["displayName"] = json!("Someone else"))}),
             "tracks",
         ),
         (
