@@ -58,8 +58,9 @@ pub fn parse() -> Result<Args, clap::Error> {
 #[command(name = "mixdown-worker", version, about = ABOUT, after_help = AFTER_HELP, next_help_heading = "Settings")]
 pub struct Args {
     /// The job as JSON (a WorkerJob: roomId, recordingId, tracks[{participantId,
-    /// source{prefix, chunkCount (unset: not sealed, processed up to its first gap)}}],
-    /// output{prefix, profile: mp4|webm|audio}, cleanup{deleteChunks}). Set by the operator.
+    /// source{prefix, chunkCount (unset: not sealed, processed up to its first gap)},
+    /// startOffsetMs, displayName}], output{prefix, profile: mp4|webm|audio},
+    /// cleanup{deleteChunks}, composite (make the mixdown)). Set by the operator.
     /// Required, or --job-file.
     #[arg(long, env = env::JOB, value_name = "JSON", help_heading = REQUIRED)]
     pub job: Option<String>,
@@ -173,10 +174,23 @@ pub struct Args {
     #[arg(long, env = "MIXDOWN_AUDIO_BITRATE", default_value = "128k")]
     pub audio_bitrate: String,
 
+    /// Font the mixdown writes participants' names in (a TrueType file; the image has DejaVu
+    /// Sans from Debian's fonts-dejavu-core).
+    #[arg(
+        long,
+        env = "MIXDOWN_FONT",
+        default_value = DEFAULT_FONT,
+        value_name = "PATH"
+    )]
+    pub font: PathBuf,
+
     /// Log format on stderr.
     #[arg(long, env = "MIXDOWN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
+
+/// Where Debian's fonts-dejavu-core puts DejaVu Sans.
+pub const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -7,11 +7,16 @@
 //!    upload ([`track`], [`upload`]), reporting progress all along ([`progress`]);
 //! 4. verify every output, write the manifest ([`manifest`]), and only then delete the chunks
 //!    that went into them (an unsealed track's chunks after its first gap are kept);
-//! 5. report the outputs or the one error ([`error`]) on the termination message ([`report`]).
+//! 5. if the job makes a mixdown, tell the RecordingJob the tracks are ready
+//!    (`status.readyOutputs`), then make the mixdown from the verified outputs in storage
+//!    ([`mixdown`]) and add it to the manifest; a mixdown that cannot be made (after a second
+//!    try) is reported beside the tracks, never as the run's failure;
+//! 6. report the outputs or the one error ([`error`]) on the termination message ([`report`]).
 //!
 //! A run that finds its job's manifest does none of that: the recording was finished before, and
 //! the run checks the outputs, deletes the source chunks an earlier run left, and reports the
-//! manifest's outputs ([`finish_from_manifest`]).
+//! manifest's outputs ([`finish_from_manifest`]); and makes the mixdown if the job wants one and
+//! the manifest has none yet (a run killed while making it).
 #![forbid(unsafe_code)]
 
 pub mod chunks;
@@ -20,6 +25,7 @@ pub mod error;
 pub mod job;
 pub mod manifest;
 pub mod media;
+pub mod mixdown;
 pub mod progress;
 pub mod report;
 pub mod retry_log;
@@ -31,7 +37,8 @@ pub mod webm;
 use std::sync::Arc;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
-use mixdown_crds::{RecordingOutput, Track, WorkerJob};
+use mixdown_crds::names::reasons;
+use mixdown_crds::{Failure, RecordingOutput, Track, WorkerJob};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Args;
@@ -44,13 +51,21 @@ use crate::upload::PartPlan;
 
 /// Tracks listed at once while checking the chunks.
 const LISTING_CONCURRENCY: usize = 8;
+/// Tries at the mixdown: a second one for a storage hiccup or an ffmpeg that lost its input.
+const MIXDOWN_ATTEMPTS: u32 = 2;
+
+/// What a successful run made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Done {
+    /// The mixdown first when there is one, then each track's output in the job's order.
+    pub outputs: Vec<RecordingOutput>,
+    /// Why the job's mixdown is not among them.
+    pub mixdown_failure: Option<Failure>,
+}
 
 /// Runs the job the settings describe. `cancel` stops it (a signal): uploads are aborted and
 /// chunks left alone.
-pub async fn run(
-    args: &Args,
-    cancel: CancellationToken,
-) -> Result<Vec<RecordingOutput>, WorkerError> {
+pub async fn run(args: &Args, cancel: CancellationToken) -> Result<Done, WorkerError> {
     let job = load_job(args)?;
     let bucket = args
         .s3_bucket
@@ -89,7 +104,7 @@ pub async fn run(
         stop_progress.clone(),
     ));
 
-    let result = process_job(args, &job, storage, progress, cancel).await;
+    let result = process_job(args, &job, storage, progress, &sink, cancel).await;
 
     stop_progress.cancel();
     let _ = reporter.await;
@@ -123,30 +138,100 @@ async fn process_job(
     job: &WorkerJob,
     storage: Storage,
     progress: Arc<Progress>,
+    sink: &Sink,
     cancel: CancellationToken,
-) -> Result<Vec<RecordingOutput>, WorkerError> {
+) -> Result<Done, WorkerError> {
     let manifest_key = manifest::key(&job.output.prefix);
-    if let Some(manifest) = read_manifest(&storage, job, &manifest_key).await? {
-        return finish_from_manifest(&storage, job, &manifest, &manifest_key).await;
+    if job.composite {
+        progress.plan_mixdown();
+    }
+    let (mut manifest, tracks) = match read_manifest(&storage, job, &manifest_key).await? {
+        Some(manifest) => {
+            let tracks = finish_from_manifest(&storage, job, &manifest, &manifest_key).await?;
+            progress.tracks_done();
+            (manifest, tracks)
+        }
+        None => make_tracks(args, job, &storage, &progress, &cancel, &manifest_key).await?,
+    };
+
+    if let Some(entry) = &manifest.mixdown {
+        let problem = match storage.head(&entry.output.key).await {
+            Ok(head) => manifest::mixdown_problem(entry, head.as_ref()),
+            Err(err) => Some(err.to_string()),
+        };
+        match problem {
+            None => {
+                tracing::info!(key = %entry.output.key, "the mixdown of the earlier run is there as recorded");
+                let mut outputs = vec![entry.output.clone()];
+                outputs.extend(tracks);
+                return Ok(Done {
+                    outputs,
+                    mixdown_failure: None,
+                });
+            }
+            Some(problem) if job.composite => {
+                tracing::warn!(%problem, "the mixdown of the earlier run is not as recorded: making it again")
+            }
+            Some(problem) => {
+                tracing::warn!(%problem, "the mixdown of the earlier run is not as recorded")
+            }
+        }
+    }
+    if !job.composite {
+        return Ok(Done {
+            outputs: tracks,
+            mixdown_failure: None,
+        });
     }
 
-    // Every track is checked before any is processed: a gap in the last track should not cost
-    // the encoding of the first.
-    let plans: Vec<TrackPlan> = stream::iter(&job.tracks)
-        .map(|track| plan_track(&storage, job, track))
-        .buffered(LISTING_CONCURRENCY)
-        .try_collect()
-        .await?;
-    let total: u64 = plans.iter().map(|p| chunks::total_size(&p.chunks)).sum();
-    progress.set_total(total);
-    tracing::info!(
-        chunks = plans.iter().map(|p| p.chunks.len()).sum::<usize>(),
-        bytes = total,
-        "chunks checked"
-    );
+    // The participants' files can be downloaded while the mixdown is made.
+    sink.ready(&tracks, progress.percent()).await;
+    let key = job.output.mixdown_key();
+    match make_mixdown(args, job, &storage, &progress, &tracks, &cancel).await {
+        Ok(Finished { output, e_tag }) => {
+            manifest.mixdown = Some(manifest::MixdownEntry {
+                output: output.clone(),
+                e_tag,
+            });
+            // The mixdown is verified: a manifest that cannot say so only costs a rerun the
+            // mixdown, which it makes again.
+            match storage
+                .put(&manifest_key, manifest.to_json(), "application/json")
+                .await
+            {
+                Ok(()) => tracing::info!(key = %manifest_key, "manifest written with the mixdown"),
+                Err(err) => {
+                    tracing::error!(error = %err, "the mixdown is verified but the manifest does not list it")
+                }
+            }
+            let mut outputs = vec![output];
+            outputs.extend(tracks);
+            Ok(Done {
+                outputs,
+                mixdown_failure: None,
+            })
+        }
+        Err(err) if cancel.is_cancelled() => Err(err),
+        Err(err) => {
+            tracing::error!(error = %err, "the mixdown could not be made; the participants' files are ready");
+            Ok(Done {
+                outputs: tracks,
+                mixdown_failure: Some(Failure {
+                    reason: reasons::MIXDOWN_FAILED.to_owned(),
+                    message: format!(
+                        "the participants' files are ready, but the mixdown {key} could not be made ({}): {err}",
+                        err.reason()
+                    ),
+                }),
+            })
+        }
+    }
+}
 
+/// This run's own directory in the scratch dir.
+fn scratch(args: &Args) -> Result<tempfile::TempDir, WorkerError> {
     let scratch_dir = args.scratch_dir();
-    let scratch = tempfile::Builder::new()
+    tempfile::Builder::new()
         .prefix("mixdown-")
         .tempdir_in(&scratch_dir)
         .map_err(|err| {
@@ -154,8 +239,17 @@ async fn process_job(
                 "cannot use the scratch dir {}: {err}",
                 scratch_dir.display()
             ))
-        })?;
-    let ctx = Context {
+        })
+}
+
+fn context(
+    args: &Args,
+    job: &WorkerJob,
+    storage: &Storage,
+    progress: &Arc<Progress>,
+    scratch: &tempfile::TempDir,
+) -> Context {
+    Context {
         storage: storage.clone(),
         profile: job.output.profile,
         encode: args.encode_settings(),
@@ -168,8 +262,68 @@ async fn process_job(
             concurrency: args.upload_concurrency as usize,
         },
         abort_timeout: args.abort_timeout(),
-        progress,
+        progress: progress.clone(),
+    }
+}
+
+/// The mixdown, tried again once after a failure that another try may not meet (storage, ffmpeg
+/// losing an input, verification); not after `cancel`.
+async fn make_mixdown(
+    args: &Args,
+    job: &WorkerJob,
+    storage: &Storage,
+    progress: &Arc<Progress>,
+    tracks: &[RecordingOutput],
+    cancel: &CancellationToken,
+) -> Result<Finished, WorkerError> {
+    let settings = mixdown::Settings {
+        font: args.font.clone(),
     };
+    let mut attempt = 1;
+    loop {
+        let scratch = scratch(args)?;
+        let ctx = context(args, job, storage, progress, &scratch);
+        match mixdown::make(&ctx, &settings, job, tracks, cancel).await {
+            Ok(finished) => return Ok(finished),
+            Err(err) if cancel.is_cancelled() => return Err(err),
+            Err(err)
+                if attempt < MIXDOWN_ATTEMPTS && !matches!(err, WorkerError::InvalidInput(_)) =>
+            {
+                tracing::warn!(attempt, error = %err, "the mixdown failed, trying again");
+            }
+            Err(err) => return Err(err),
+        }
+        attempt += 1;
+    }
+}
+
+/// The first stage: every track's output made and verified, the manifest written, the chunks
+/// deleted. Returns the manifest and the outputs, in the job's order.
+async fn make_tracks(
+    args: &Args,
+    job: &WorkerJob,
+    storage: &Storage,
+    progress: &Arc<Progress>,
+    cancel: &CancellationToken,
+    manifest_key: &str,
+) -> Result<(Manifest, Vec<RecordingOutput>), WorkerError> {
+    // Every track is checked before any is processed: a gap in the last track should not cost
+    // the encoding of the first.
+    let plans: Vec<TrackPlan> = stream::iter(&job.tracks)
+        .map(|track| plan_track(storage, job, track))
+        .buffered(LISTING_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let total: u64 = plans.iter().map(|p| chunks::total_size(&p.chunks)).sum();
+    progress.set_total(total);
+    tracing::info!(
+        chunks = plans.iter().map(|p| p.chunks.len()).sum::<usize>(),
+        bytes = total,
+        "chunks checked"
+    );
+
+    let scratch = scratch(args)?;
+    let ctx = context(args, job, storage, progress, &scratch);
 
     // One failed track stops the others: the job fails as a whole and is retried as a whole.
     let stop_tracks = cancel.child_token();
@@ -207,7 +361,7 @@ async fn process_job(
     // every chunk still there, and the retry makes the files again.
     let manifest = Manifest::new(job, &finished);
     storage
-        .put(&manifest_key, manifest.to_json(), "application/json")
+        .put(manifest_key, manifest.to_json(), "application/json")
         .await?;
     tracing::info!(key = %manifest_key, "manifest written");
     let outputs: Vec<RecordingOutput> = finished.into_iter().map(|(output, _)| output).collect();
@@ -226,7 +380,7 @@ async fn process_job(
             Err(err) => tracing::error!(error = %err, "outputs are verified but chunks remain"),
         }
     }
-    Ok(outputs)
+    Ok((manifest, outputs))
 }
 
 /// The manifest of `job` at `key`, if an earlier run finished it. A manifest of another job

@@ -62,13 +62,17 @@ async fn run(args: Args) -> i32 {
         (result, _) => result,
     };
     match result {
-        Ok(outputs) => {
-            tracing::info!(outputs = outputs.len(), "done");
+        Ok(done) => {
+            tracing::info!(
+                outputs = done.outputs.len(),
+                mixdown_failed = done.mixdown_failure.is_some(),
+                "done"
+            );
             finish(
                 args.report_path(),
                 &WorkerReport::Succeeded {
-                    outputs,
-                    mixdown_failure: None,
+                    outputs: done.outputs,
+                    mixdown_failure: done.mixdown_failure,
                 },
             );
             exit_codes::SUCCESS

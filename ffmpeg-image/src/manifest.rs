@@ -12,6 +12,12 @@
 //! `{output.prefix}manifest.json`, beside `{participantId}.{ext}`: no profile's extension is
 //! `json`, so it cannot be an output's key.
 //!
+//! A job with a mixdown writes the manifest twice: once its tracks are verified (before any
+//! chunk goes), and again with `mixdown` once the mixdown is verified. A run that finds a
+//! manifest without `mixdown` makes only the mixdown, from the tracks' outputs; one with it
+//! checks the mixdown like the tracks. `mixdown` is optional, so a manifest written before it
+//! existed is still version 1 and still parses.
+//!
 //! ```json
 //! {"version":1,"roomId":"room-1","recordingId":"demo","profile":"mp4",
 //!  "outputs":[{"participantId":"alice","key":"riverside/processed/room-1/demo/alice.mp4",
@@ -45,6 +51,20 @@ pub struct Manifest {
     pub profile: Profile,
     /// One per track, in the job's order.
     pub outputs: Vec<Entry>,
+    /// The mixdown, once it is verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mixdown: Option<MixdownEntry>,
+}
+
+/// The finished mixdown.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MixdownEntry {
+    /// The report's entry (`kind: mixdown`).
+    #[serde(flatten)]
+    pub output: RecordingOutput,
+    /// Its ETag as storage answered HEAD once it was verified.
+    pub e_tag: String,
 }
 
 /// One finished output and where it came from.
@@ -83,6 +103,7 @@ impl Manifest {
                     source_chunks: u64::from(output.chunks.unwrap_or(0)),
                 })
                 .collect(),
+            mixdown: None,
         }
     }
 
@@ -125,10 +146,23 @@ impl Manifest {
             })
     }
 
-    /// The report's outputs.
+    /// The report's outputs of the tracks.
     pub fn report_outputs(&self) -> Vec<RecordingOutput> {
         self.outputs.iter().map(|e| e.output.clone()).collect()
     }
+}
+
+/// How the mixdown stands against its manifest entry (see [`output_problem`]).
+pub fn mixdown_problem(entry: &MixdownEntry, head: Option<&Head>) -> Option<String> {
+    output_problem(
+        &Entry {
+            output: entry.output.clone(),
+            e_tag: entry.e_tag.clone(),
+            source_prefix: String::new(),
+            source_chunks: 0,
+        },
+        head,
+    )
 }
 
 /// How an output stands against its manifest entry: `None` when it is there as recorded,
@@ -255,6 +289,51 @@ mod tests {
                 .contains("version 2")
         );
         assert!(Manifest::parse(b"not json").is_err());
+    }
+
+    #[test]
+    fn a_manifest_with_a_mixdown_round_trips_and_one_without_still_parses() {
+        let job = job();
+        let mut manifest = Manifest::new(&job, &outputs());
+        let old = String::from_utf8(manifest.to_json()).expect("utf-8");
+        assert!(!old.contains("mixdown"), "{old}");
+        assert_eq!(
+            Manifest::parse(old.as_bytes()).expect("parses").mixdown,
+            None
+        );
+
+        manifest.mixdown = Some(MixdownEntry {
+            output: RecordingOutput {
+                kind: mixdown_crds::OutputKind::Mixdown,
+                participant_id: String::new(),
+                key: "riverside/processed/room1/rec1/mixdown.mp4".into(),
+                size_bytes: 2000,
+                duration_seconds: 3.0,
+                sealed: true,
+                chunks: None,
+                left_out: None,
+            },
+            e_tag: "\"m-1\"".into(),
+        });
+        let json = String::from_utf8(manifest.to_json()).expect("utf-8");
+        assert!(
+            json.contains(r#""mixdown":{"kind":"mixdown","key":"#),
+            "{json}"
+        );
+        let parsed = Manifest::parse(json.as_bytes()).expect("parses");
+        assert_eq!(parsed, manifest);
+        assert!(parsed.describes(&job));
+        let entry = parsed.mixdown.as_ref().expect("mixdown");
+        let head = Head {
+            size: 2000,
+            e_tag: "\"m-1\"".into(),
+        };
+        assert_eq!(mixdown_problem(entry, Some(&head)), None);
+        assert!(
+            mixdown_problem(entry, None)
+                .expect("gone")
+                .ends_with("mixdown.mp4 is gone")
+        );
     }
 
     #[test]

@@ -1,32 +1,61 @@
-//! Progress: the percentage of the recording's bytes fed to ffmpeg, across all tracks.
+//! Progress: the percentage of the recording's bytes fed to ffmpeg, across all tracks, and of
+//! the mixdown's output time when the job makes one.
 //!
 //! In the cluster the worker patches `status.progress` of its own RecordingJob with server-side
-//! apply under its own field manager, so it owns that one field and nothing else (the operator
-//! owns the rest of the status). The patch needs only `patch` on `recordingjobs/status`. Outside
-//! the cluster, progress is logged. Either way, failing to report progress never fails the job.
+//! apply under its own field manager, so it owns that field, and `status.readyOutputs` once the
+//! tracks of a job with a mixdown are verified, and nothing else (the operator owns the rest of
+//! the status). Every patch carries both: under server-side apply, a field the manager owned and
+//! leaves out of its next patch is removed. The patch needs only `patch` on
+//! `recordingjobs/status`. Outside the cluster, progress is logged. Either way, failing to report
+//! never fails the job.
 //!
-//! Progress stays at 99 until every output is verified; 100 means done. A retry starts again at 0.
+//! With a mixdown, the tracks are the first [`TRACKS_SHARE`] percent and the mixdown (an encode
+//! of the whole recording, most of the time) the rest. Progress stays at 99 until every output
+//! is verified; 100 means done. A retry starts again at 0.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
-use mixdown_crds::RecordingJob;
 use mixdown_crds::names::{API_VERSION, KIND, field_managers};
+use mixdown_crds::{RecordingJob, RecordingOutput};
 use tokio_util::sync::CancellationToken;
 
 /// How long one status patch may take before it is given up (the next tick tries again).
 const PATCH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Bytes fed so far and bytes in total; shared by the tracks.
+/// Of a job with a mixdown, the tracks' share of the percentage.
+pub const TRACKS_SHARE: u64 = 30;
+
+/// Bytes fed so far and bytes in total, shared by the tracks; the mixdown's part done.
 #[derive(Debug, Default)]
 pub struct Progress {
     fed: AtomicU64,
     total: AtomicU64,
+    /// Whether the job makes a mixdown (the tracks are then [`TRACKS_SHARE`] percent).
+    mixdown: std::sync::atomic::AtomicBool,
+    /// The mixdown's part done, per mille.
+    mixed: AtomicU64,
 }
 
 impl Progress {
+    /// The job makes a mixdown after its tracks.
+    pub fn plan_mixdown(&self) {
+        self.mixdown.store(true, Ordering::Relaxed);
+    }
+
+    /// The tracks were finished by an earlier run.
+    pub fn tracks_done(&self) {
+        self.total.store(1, Ordering::Relaxed);
+        self.fed.store(1, Ordering::Relaxed);
+    }
+
+    /// The mixdown's part done, 0 to 1000; it never goes back.
+    pub fn set_mixed(&self, permille: u64) {
+        self.mixed.fetch_max(permille.min(1000), Ordering::Relaxed);
+    }
+
     pub fn set_total(&self, total: u64) {
         self.total.store(total, Ordering::Relaxed);
     }
@@ -37,11 +66,29 @@ impl Progress {
 
     /// 0 to 99 while running.
     pub fn percent(&self) -> i32 {
-        percent(
+        let (fed, total) = (
             self.fed.load(Ordering::Relaxed),
             self.total.load(Ordering::Relaxed),
-        )
+        );
+        if self.mixdown.load(Ordering::Relaxed) {
+            staged_percent(fed, total, self.mixed.load(Ordering::Relaxed))
+        } else {
+            percent(fed, total)
+        }
     }
+}
+
+/// A job with a mixdown: `fed` of `total` bytes of the tracks, then `mixed` per mille of the
+/// mixdown, as a whole percentage, 0 to 99.
+pub fn staged_percent(fed: u64, total: u64, mixed: u64) -> i32 {
+    let tracks = if total == 0 {
+        0
+    } else {
+        u128::from(fed.min(total)) * 1000 / u128::from(total)
+    };
+    let permille = tracks * u128::from(TRACKS_SHARE)
+        + u128::from(mixed.min(1000)) * u128::from(100 - TRACKS_SHARE);
+    ((permille / 1000) as i32).min(99)
 }
 
 /// `fed` of `total` as a whole percentage, 0 to 99: 100 is kept for "verified and done".
@@ -53,12 +100,17 @@ pub fn percent(fed: u64, total: u64) -> i32 {
     whole.min(99)
 }
 
-/// The server-side apply patch of `status.progress`: apiVersion, kind, and that one field.
-pub fn status_patch(percent: i32) -> serde_json::Value {
+/// The server-side apply patch of `status.progress` (and `status.readyOutputs` once there are
+/// any): apiVersion, kind, and those fields.
+pub fn status_patch(percent: i32, ready: &[RecordingOutput]) -> serde_json::Value {
+    let mut status = serde_json::json!({ "progress": percent });
+    if !ready.is_empty() {
+        status["readyOutputs"] = serde_json::to_value(ready).expect("outputs serialize");
+    }
     serde_json::json!({
         "apiVersion": API_VERSION,
         "kind": KIND,
-        "status": { "progress": percent },
+        "status": status,
     })
 }
 
@@ -71,6 +123,8 @@ pub enum Sink {
     RecordingJob {
         api: Box<Api<RecordingJob>>,
         name: String,
+        /// The verified outputs every patch carries once set ([`Sink::ready`]).
+        ready: Arc<std::sync::Mutex<Vec<RecordingOutput>>>,
     },
 }
 
@@ -91,6 +145,7 @@ impl Sink {
                 Sink::RecordingJob {
                     api: Box::new(Api::namespaced(client, &namespace)),
                     name: name.to_owned(),
+                    ready: Arc::default(),
                 }
             }
             Err(err) => {
@@ -100,14 +155,32 @@ impl Sink {
         }
     }
 
+    /// The tracks' outputs are verified and the mixdown is next: `status.readyOutputs` is
+    /// `outputs` from now on, in this patch (with `percent`) and every later one.
+    pub async fn ready(&self, outputs: &[RecordingOutput], percent: i32) {
+        match self {
+            Sink::Log => {
+                tracing::info!(
+                    outputs = outputs.len(),
+                    "the tracks are ready, making the mixdown"
+                )
+            }
+            Sink::RecordingJob { ready, .. } => {
+                *ready.lock().unwrap_or_else(|p| p.into_inner()) = outputs.to_vec();
+                self.report(percent).await;
+            }
+        }
+    }
+
     /// Reports `percent`; failures are logged, never returned.
     pub async fn report(&self, percent: i32) {
         match self {
             Sink::Log => tracing::info!(percent, "progress"),
-            Sink::RecordingJob { api, name } => {
+            Sink::RecordingJob { api, name, ready } => {
                 tracing::debug!(percent, "progress");
                 let params = PatchParams::apply(field_managers::WORKER);
-                let patch = Patch::Apply(status_patch(percent));
+                let ready = ready.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let patch = Patch::Apply(status_patch(percent, &ready));
                 match tokio::time::timeout(PATCH_TIMEOUT, api.patch_status(name, &params, &patch))
                     .await
                 {
@@ -161,8 +234,52 @@ mod tests {
     }
 
     #[test]
-    fn the_patch_carries_only_progress() {
-        let patch = status_patch(42);
+    fn with_a_mixdown_the_tracks_come_first_and_the_mixdown_weighs_most() {
+        // (fed, total, mixed per mille) → percent
+        for (fed, total, mixed, expected) in [
+            (0, 0, 0, 0),
+            (0, 100, 0, 0),
+            (50, 100, 0, 15),
+            (100, 100, 0, 30),
+            (100, 100, 500, 65),
+            (100, 100, 1000, 99),
+            (100, 100, 5000, 99),
+            (1, 1, 100, 37),
+        ] {
+            assert_eq!(
+                staged_percent(fed, total, mixed),
+                expected,
+                "{fed}/{total}, {mixed}"
+            );
+        }
+        let progress = Progress::default();
+        progress.set_total(100);
+        progress.add(100);
+        assert_eq!(progress.percent(), 99, "no mixdown: the tracks are all");
+        progress.plan_mixdown();
+        assert_eq!(progress.percent(), 30);
+        progress.set_mixed(500);
+        progress.set_mixed(200);
+        assert_eq!(progress.percent(), 65, "never back");
+    }
+
+    #[test]
+    fn the_patch_carries_only_progress_and_the_ready_outputs() {
+        let ready = vec![RecordingOutput {
+            kind: Default::default(),
+            participant_id: "alice".into(),
+            key: "k/alice.mp4".into(),
+            size_bytes: 10,
+            duration_seconds: 1.5,
+            sealed: true,
+            chunks: Some(2),
+            left_out: None,
+        }];
+        let patch = status_patch(40, &ready);
+        assert_eq!(patch["status"]["progress"], 40);
+        assert_eq!(patch["status"]["readyOutputs"][0]["key"], "k/alice.mp4");
+        assert_eq!(patch["status"]["readyOutputs"][0]["participantId"], "alice");
+        let patch = status_patch(42, &[]);
         assert_eq!(patch["apiVersion"], "mixdown.dev/v1alpha1");
         assert_eq!(patch["kind"], "RecordingJob");
         assert_eq!(patch["status"], serde_json::json!({"progress": 42}));

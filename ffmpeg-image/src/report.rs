@@ -6,6 +6,10 @@
 //! outputs that do are kept (the log has them all). Sealed tracks' outputs go first: an unsealed
 //! track's output is the only place that says its file may be short and which chunks were kept
 //! in storage, while a sealed track's key follows from the spec.
+//!
+//! The mixdown's output is first in the list and never left out: it is the one file of the
+//! recording that holds everyone. Why a mixdown could not be made (`mixdownFailure`) is
+//! shortened to [`MIXDOWN_FAILURE_BYTES`] first, and further only if nothing else fits.
 
 use std::path::Path;
 
@@ -13,25 +17,47 @@ use mixdown_crds::WorkerReport;
 
 /// Largest termination message Kubernetes keeps.
 pub const MAX_BYTES: usize = 4096;
+/// What `mixdownFailure.message` may take before track outputs have to make room for it.
+pub const MIXDOWN_FAILURE_BYTES: usize = 1024;
 
 /// The report as JSON of at most [`MAX_BYTES`] bytes.
 pub fn render(report: &WorkerReport) -> String {
     let mut report = report.clone();
     match &mut report {
-        WorkerReport::Succeeded { outputs, .. } => {
+        WorkerReport::Succeeded {
+            outputs,
+            mixdown_failure,
+        } => {
             for output in outputs.iter_mut() {
                 output.duration_seconds = (output.duration_seconds * 1000.0).round() / 1000.0;
+            }
+            // The mixdown first (a stable sort keeps the tracks in the job's order).
+            outputs.sort_by_key(|o| !o.is_mixdown());
+            if let Some(failure) = mixdown_failure {
+                shorten(&mut failure.message, MIXDOWN_FAILURE_BYTES);
             }
             while to_json(&report).len() > MAX_BYTES {
                 let WorkerReport::Succeeded { outputs, .. } = &mut report else {
                     unreachable!()
                 };
-                let last_sealed = outputs.iter().rposition(|o| o.sealed);
-                let Some(index) = last_sealed.or(outputs.len().checked_sub(1)) else {
+                let tracks = |o: &mixdown_crds::RecordingOutput| !o.is_mixdown();
+                let last_sealed = outputs.iter().rposition(|o| tracks(o) && o.sealed);
+                let Some(index) = last_sealed.or_else(|| outputs.iter().rposition(tracks)) else {
                     break;
                 };
                 let dropped = outputs.remove(index);
                 tracing::warn!(key = %dropped.key, "output left out of the termination message, which holds 4096 bytes");
+            }
+            // Only the mixdown is left, and still too much: its failure's message gives way.
+            let size = to_json(&report).len();
+            if size > MAX_BYTES
+                && let WorkerReport::Succeeded {
+                    mixdown_failure: Some(failure),
+                    ..
+                } = &mut report
+            {
+                let budget = escaped_len(&failure.message).saturating_sub(size - MAX_BYTES);
+                shorten(&mut failure.message, budget);
             }
         }
         WorkerReport::Failed { reason, message } => {
@@ -40,22 +66,28 @@ pub fn render(report: &WorkerReport) -> String {
                 message: String::new(),
             })
             .len();
-            if overhead + escaped_len(message) > MAX_BYTES {
-                let budget = MAX_BYTES.saturating_sub(overhead + '…'.len_utf8());
-                let mut used = 0;
-                let cut = message
-                    .char_indices()
-                    .find(|&(_, c)| {
-                        used += escaped_char_len(c);
-                        used > budget
-                    })
-                    .map_or(message.len(), |(index, _)| index);
-                message.truncate(cut);
-                message.push('…');
-            }
+            shorten(message, MAX_BYTES.saturating_sub(overhead));
         }
     }
     to_json(&report)
+}
+
+/// Cuts `message` so that it takes at most `budget` bytes inside a JSON string, `…` included.
+fn shorten(message: &mut String, budget: usize) {
+    if escaped_len(message) <= budget {
+        return;
+    }
+    let budget = budget.saturating_sub('…'.len_utf8());
+    let mut used = 0;
+    let cut = message
+        .char_indices()
+        .find(|&(_, c)| {
+            used += escaped_char_len(c);
+            used > budget
+        })
+        .map_or(message.len(), |(index, _)| index);
+    message.truncate(cut);
+    message.push('…');
 }
 
 /// Bytes `c` takes inside a JSON string, as serde_json writes it.
@@ -223,6 +255,76 @@ mod tests {
             });
             assert!(one_more.len() > MAX_BYTES, "{}", one_more.len());
         }
+    }
+
+    fn mixdown(key_len: usize) -> RecordingOutput {
+        RecordingOutput {
+            kind: mixdown_crds::OutputKind::Mixdown,
+            participant_id: String::new(),
+            key: format!("{}/mixdown.mp4", "k".repeat(key_len)),
+            size_bytes: 987_654_321,
+            duration_seconds: 1_803.000_4,
+            sealed: true,
+            chunks: None,
+            left_out: None,
+        }
+    }
+
+    #[test]
+    fn the_mixdown_goes_first_and_is_never_left_out() {
+        let mut outputs: Vec<RecordingOutput> = (0..32).map(|i| output(i, 300)).collect();
+        outputs.push(mixdown(300));
+        let json = render(&WorkerReport::Succeeded {
+            mixdown_failure: None,
+            outputs,
+        });
+        assert!(json.len() <= MAX_BYTES, "{}", json.len());
+        let kept = parsed_outputs(&json);
+        assert!(kept.len() > 1 && kept.len() < 33, "{}", kept.len());
+        let mut expected = mixdown(300);
+        expected.duration_seconds = 1803.0;
+        assert_eq!(kept[0], expected);
+        assert!(kept[1..].iter().all(|o| !o.is_mixdown()));
+        assert!(json.contains(r#""kind":"mixdown""#), "{json}");
+    }
+
+    #[test]
+    fn a_mixdown_failure_is_shortened_and_the_tracks_are_kept() {
+        for filler in ["x", "\"", "é"] {
+            let report = WorkerReport::Succeeded {
+                outputs: (0..2).map(|i| output(i, 40)).collect(),
+                mixdown_failure: Some(mixdown_crds::Failure {
+                    reason: "MixdownFailed".into(),
+                    message: filler.repeat(10_000),
+                }),
+            };
+            let json = render(&report);
+            assert!(json.len() <= MAX_BYTES, "{filler}: {}", json.len());
+            let parsed: WorkerReport = serde_json::from_str(&json).expect("parses");
+            let WorkerReport::Succeeded {
+                outputs,
+                mixdown_failure: Some(failure),
+            } = parsed
+            else {
+                panic!("{json}")
+            };
+            assert_eq!(outputs.len(), 2, "both tracks are kept");
+            assert_eq!(failure.reason, "MixdownFailed");
+            assert!(failure.message.ends_with('…'));
+            assert!(escaped_len(&failure.message) <= MIXDOWN_FAILURE_BYTES);
+            assert!(failure.message.len() > 300, "{filler}");
+        }
+        // Many long tracks and a long failure: the failure still says something.
+        let report = WorkerReport::Succeeded {
+            outputs: (0..32).map(|i| output(i, 300)).collect(),
+            mixdown_failure: Some(mixdown_crds::Failure {
+                reason: "MixdownFailed".into(),
+                message: "y".repeat(10_000),
+            }),
+        };
+        let json = render(&report);
+        assert!(json.len() <= MAX_BYTES, "{}", json.len());
+        assert!(json.contains("MixdownFailed"), "{json}");
     }
 
     #[test]

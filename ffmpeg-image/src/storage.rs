@@ -458,6 +458,48 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// Aborts every multipart upload of `key` still open: the ones a run killed before it could
+    /// abort them (SIGKILL, a lost node) left. Never fails: an upload that stays is for the
+    /// bucket's lifecycle rule.
+    pub async fn abort_uploads_of(&self, key: &str, patience: Duration) {
+        let listed = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(key)
+            .send()
+            .await;
+        let listed = match listed {
+            Ok(listed) => listed,
+            Err(err) => {
+                tracing::warn!(key, error = %error_chain(&err), "cannot list the open uploads of an earlier run");
+                return;
+            }
+        };
+        for open in listed.uploads() {
+            let (Some(found), Some(upload_id)) = (open.key(), open.upload_id()) else {
+                continue;
+            };
+            if found != key {
+                continue;
+            }
+            tracing::info!(
+                key,
+                upload_id,
+                "aborting an upload an earlier run left open"
+            );
+            Upload {
+                storage: self.clone(),
+                key: key.to_owned(),
+                upload_id: upload_id.to_owned(),
+            }
+            .abort(patience)
+            .await;
+        }
+    }
+}
+
 /// One multipart upload in progress. Complete it or abort it: dropping it leaves it open.
 #[derive(Debug, Clone)]
 pub struct Upload {
