@@ -288,11 +288,12 @@
     return {
       recorderStartedAt: Math.round((track.startedAt + estimate.offset) * 10) / 10,
       clockErrorMs: Math.round(estimate.error * 10) / 10,
+      clockOffsetMs: estimate.offset,
     };
   }
 
   async function seal(track) {
-    const start = startOf(track);
+    const { clockOffsetMs, ...start } = startOf(track);
     const sock = state.socket;
     let answer;
     if (sock && sock.connected) {
@@ -314,7 +315,7 @@
     }
     console.info(`mixdown: track of ${track.recordingId} sealed; recorder started at ${start.recorderStartedAt} `
       + `(server clock, ±${start.clockErrorMs} ms), ${answer && answer.startOffsetMs} ms into the recording; `
-      + `clock offset ${state.clock && state.clock.offset.toFixed(1)} ms`);
+      + `clock offset ${clockOffsetMs === undefined ? 'unknown' : clockOffsetMs.toFixed(1)} ms`);
     return answer;
   }
 

@@ -21,8 +21,8 @@ fn artifacts(name: &str) -> PathBuf {
     dir
 }
 
-/// The duration of each stream ffprobe finds in the file at `url`: `(codec_type, seconds)`.
-async fn stream_durations(url: &str, dir: &Path) -> Vec<(String, f64)> {
+/// The file at `url`, downloaded into `dir`.
+async fn download(url: &str, dir: &Path) -> PathBuf {
     let bytes = reqwest::get(url)
         .await
         .and_then(|r| r.error_for_status())
@@ -32,6 +32,12 @@ async fn stream_durations(url: &str, dir: &Path) -> Vec<(String, f64)> {
         .expect("downloading the file");
     let file = dir.join(format!("download-{}", uuid::Uuid::new_v4().simple()));
     std::fs::write(&file, &bytes).expect("writing the file");
+    file
+}
+
+/// The duration of each stream ffprobe finds in the file at `url`: `(codec_type, seconds)`.
+async fn stream_durations(url: &str, dir: &Path) -> Vec<(String, f64)> {
+    let file = download(url, dir).await;
     let out = tokio::process::Command::new("ffprobe")
         .args([
             "-v",
@@ -78,6 +84,20 @@ async fn run_studio(
     label: &str,
 ) -> (Value, PathBuf) {
     let dir = artifacts(&format!("studio-{label}"));
+    let args = [
+        url.to_string(),
+        admin_key.to_string(),
+        dir.to_str().expect("utf-8 path").to_string(),
+        seconds.to_string(),
+        scenario.to_string(),
+    ];
+    (run_script(world, "studio.mjs", &args, &dir).await, dir)
+}
+
+/// Runs the browser script `script` (in `tests/client`) with `args`, its log in `dir`, taking
+/// storage away for 3 s when the script asks, and returns its result: the JSON line with `ok`,
+/// which must be true.
+async fn run_script(world: Option<&World>, script: &str, args: &[String], dir: &Path) -> Value {
     let client = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/client");
     assert!(
         client.join("node_modules/playwright-core").is_dir(),
@@ -89,10 +109,8 @@ async fn run_studio(
         "Chromium is missing: apt-get install chromium (`.ci/run` does)"
     );
     let mut child = tokio::process::Command::new("node")
-        .arg(client.join("studio.mjs"))
-        .args([url, admin_key, dir.to_str().expect("utf-8 path")])
-        .arg(seconds.to_string())
-        .arg(scenario)
+        .arg(client.join(script))
+        .args(args)
         .current_dir(&client)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(dir.join("browser.log")).expect("browser log"))
@@ -127,7 +145,7 @@ async fn run_studio(
     let result =
         result.unwrap_or_else(|| panic!("no result from the browser run:\n{}", tail(&log, 80)));
     assert_eq!(result["ok"], true, "{result:#}\n{}", tail(&log, 80));
-    (result, dir)
+    result
 }
 
 /// What every run must show on both pages: each stage, no error left, safe to close, screenshots,
@@ -225,6 +243,14 @@ async fn check_both_pages(result: &Value, dir: &Path, seconds: f64) {
             .filter_map(Value::as_str)
             .collect();
         assert_eq!(links.len(), 2, "{who}'s page links both files: {links:?}");
+        // The mixdown, when the recording has one, comes first under Ready.
+        if result["mixdown"][who]["url"].is_string() {
+            assert_eq!(
+                result["readyOrder"][who][0], "mixdown",
+                "{who}'s Ready list starts with the mixdown: {}",
+                result["readyOrder"][who]
+            );
+        }
         for link in links {
             let streams = stream_durations(link, downloads.path()).await;
             for kind in ["video", "audio"] {
@@ -579,4 +605,248 @@ async fn the_local_run_against_a_cluster_and_storage_runs_only_the_operator_and_
             "{cmd} is still running after Ctrl-C"
         );
     }
+}
+
+/// Samples a second of the audio [`mono_pcm`] decodes.
+const PCM_RATE: usize = 16_000;
+
+/// The first audio stream of `file`, mixed to mono, [`PCM_RATE`] samples a second.
+async fn mono_pcm(file: &Path) -> Vec<f32> {
+    let out = tokio::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(file)
+        .args([
+            "-map",
+            "0:a:0",
+            "-ac",
+            "1",
+            "-ar",
+            &PCM_RATE.to_string(),
+            "-f",
+            "f32le",
+            "-",
+        ])
+        .output()
+        .await
+        .expect("ffmpeg runs");
+    assert!(
+        out.status.success(),
+        "ffmpeg decodes the audio of {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// Window of [`tone_bursts`]: 10 ms.
+const WINDOW: usize = PCM_RATE / 100;
+
+/// Where a tone of `freq` Hz sounds in `samples`: `(start, end)` in seconds of each run of 10 ms
+/// windows (Hann-windowed Goertzel) at least a quarter as loud as its loudest, lasting 100 ms
+/// or more (a click is broadband and short; a burst is 250 ms).
+fn tone_bursts(samples: &[f32], freq: f64) -> Vec<(f64, f64)> {
+    let coeff = 2.0 * (2.0 * std::f64::consts::PI * freq / PCM_RATE as f64).cos();
+    let levels: Vec<f64> = samples
+        .chunks_exact(WINDOW)
+        .map(|w| {
+            let (mut s1, mut s2) = (0.0f64, 0.0f64);
+            for (i, x) in w.iter().enumerate() {
+                let hann =
+                    0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / (WINDOW - 1) as f64).cos();
+                let s = *x as f64 * hann + coeff * s1 - s2;
+                s2 = s1;
+                s1 = s;
+            }
+            (s1 * s1 + s2 * s2 - coeff * s1 * s2).max(0.0).sqrt()
+        })
+        .collect();
+    let loudest = levels.iter().cloned().fold(0.0, f64::max);
+    if loudest <= 1e-3 {
+        return Vec::new();
+    }
+    let secs = |i: usize| (i * WINDOW) as f64 / PCM_RATE as f64;
+    let mut runs = Vec::new();
+    let mut start = None;
+    for (i, level) in levels.iter().chain([0.0].iter()).enumerate() {
+        match (start, *level >= loudest / 4.0) {
+            (None, true) => start = Some(i),
+            (Some(s), false) => {
+                if i - s >= 10 {
+                    runs.push((secs(s), secs(i)));
+                }
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    runs
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time.
+fn epoch_ms(time: &Value) -> f64 {
+    let time = time.as_str().unwrap_or_else(|| panic!("a time: {time}"));
+    time.parse::<jiff::Timestamp>()
+        .unwrap_or_else(|e| panic!("{time}: {e}"))
+        .as_microsecond() as f64
+        / 1000.0
+}
+
+/// The page's clock estimate, from its console line at the seal: `(offset, error)` in ms.
+fn clock_of(lines: &Value) -> Option<(f64, f64)> {
+    let line = lines
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .next_back()?;
+    let number_after = |what: &str| -> Option<f64> {
+        let rest = &line[line.find(what)? + what.len()..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+            .unwrap_or(rest.len());
+        rest[..end].parse().ok()
+    };
+    Some((number_after("clock offset ")?, number_after("±")?))
+}
+
+/// The mixdown places every track where its recorder started, on the server's clock: a guest who
+/// joins 2 s late, with a page clock 40 s off, is heard at the same instant as the host. Each
+/// page's microphone is a tone (440 Hz the host's, 1320 Hz the guest's) that bursts for 250 ms
+/// at instants of this machine's clock: once in both pages together, once more in the guest's.
+/// In the mixdown each burst must be where it was made, counted from the recording's start as
+/// the server recorded it, within 100 ms, and the two bursts made together within 100 ms of each
+/// other. The Ready list shows the mixdown first.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_mixdown_puts_a_late_guest_with_a_skewed_clock_in_sync_with_the_host() {
+    let world = World::new(&[]).await;
+    let _operator = world.operator(WORKER_IMAGE, &[]);
+    let api = ApiServer::start(&world, &["--output-profile", "mp4"]).await;
+    let dir = artifacts("studio-sync");
+    let args = [
+        api.url.clone(),
+        ADMIN_KEY.to_string(),
+        dir.to_str().expect("utf-8 path").to_string(),
+    ];
+    let result = run_script(Some(&world), "sync.mjs", &args, &dir).await;
+    let summary = serde_json::json!({
+        "startedAt": result["startedAt"],
+        "bursts": result["bursts"],
+        "clockLog": result["clockLog"],
+        "readyOrder": result["readyOrder"],
+        "readySeen": result["readySeen"],
+        "mixdown": result["mixdown"],
+        "audio": result["audio"],
+        "pageClockAhead": result["pageClockAhead"],
+        "errors": result["errors"],
+    });
+    eprintln!("sync run: {summary:#}");
+
+    for who in ["host", "guest"] {
+        assert!(
+            result["errors"][who].is_null(),
+            "{who}: {}",
+            result["errors"][who]
+        );
+        assert_eq!(
+            result["mixdown"][who]["phase"], "Succeeded",
+            "{who}: {summary:#}"
+        );
+        assert_eq!(
+            result["readyOrder"][who][0]["kind"], "mixdown",
+            "{who}'s Ready list starts with the mixdown: {summary:#}"
+        );
+        assert!(
+            result["readyOrder"][who][0]["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("Everyone (mixdown)")),
+            "{summary:#}"
+        );
+        let tracks = result["readyOrder"][who]
+            .as_array()
+            .expect("the Ready list")
+            .iter()
+            .filter(|f| f["kind"] == "track")
+            .count();
+        assert_eq!(tracks, 2, "{who}'s Ready list has both participants' files");
+    }
+
+    // Each page set its clock by the server's: the guest's runs 40 s ahead, the host's not at
+    // all (but for the ms Chromium's high-resolution clock is off the wall clock, which the
+    // script measured), and each estimate is right within its bound.
+    for who in ["host", "guest"] {
+        let ahead = result["pageClockAhead"][who]
+            .as_f64()
+            .expect("how far the page's clock is ahead");
+        let (offset, error) = clock_of(&result["clockLog"][who])
+            .unwrap_or_else(|| panic!("{who}'s page said its clock at the seal: {summary:#}"));
+        eprintln!(
+            "{who}: clock offset {offset} ms ±{error} ms, true {:.1} ms: {:.1} ms off",
+            -ahead,
+            offset + ahead
+        );
+        assert!(
+            (offset + ahead).abs() <= error + 2.0,
+            "{who}'s clock offset {offset} ms ±{error} ms, but its clock is {ahead} ms ahead"
+        );
+    }
+
+    // Where the API placed each track: the guest about 2 s after the host.
+    let rj = recording_jobs(&world)
+        .await
+        .into_iter()
+        .find(|rj| Some(rj.spec.recording_id.as_str()) == result["recordingId"].as_str())
+        .expect("the recording's RecordingJob");
+    let offsets: Vec<(String, Option<i64>)> = rj
+        .spec
+        .tracks
+        .iter()
+        .map(|t| (t.participant_id.clone(), t.start_offset_ms))
+        .collect();
+    eprintln!("start offsets: {offsets:?}");
+    assert!(
+        offsets.iter().all(|(_, o)| o.is_some()),
+        "every track has its start offset: {offsets:?}"
+    );
+
+    // The mixdown: each burst where it was made, from the recording's start.
+    let url = result["mixdown"]["host"]["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the host's page links the mixdown: {summary:#}"));
+    let file = download(url, &dir).await;
+    std::fs::copy(&file, dir.join("mixdown.mp4")).expect("keeping the mixdown");
+    let samples = mono_pcm(&file).await;
+    let started = epoch_ms(&result["startedAt"]);
+    let at = |i: usize| (result["bursts"][i]["at"].as_f64().expect("a burst") - started) / 1000.0;
+    let host = tone_bursts(
+        &samples,
+        result["frequencies"]["host"].as_f64().expect("Hz"),
+    );
+    let guest = tone_bursts(
+        &samples,
+        result["frequencies"]["guest"].as_f64().expect("Hz"),
+    );
+    eprintln!(
+        "bursts made at {:.3} s (both) and {:.3} s (guest); heard: host {host:?}, guest {guest:?}",
+        at(0),
+        at(1)
+    );
+    assert_eq!(host.len(), 1, "the host's one burst: {host:?}");
+    assert_eq!(guest.len(), 2, "the guest's two bursts: {guest:?}");
+    let near = |heard: f64, made: f64, what: &str| {
+        assert!(
+            (heard - made).abs() <= 0.1,
+            "{what} is heard at {heard:.3} s into the mixdown, made at {made:.3} s: {:.0} ms off",
+            (heard - made) * 1000.0
+        );
+    };
+    assert!(
+        (host[0].0 - guest[0].0).abs() <= 0.1,
+        "the bursts made together are heard {:.0} ms apart",
+        (guest[0].0 - host[0].0) * 1000.0
+    );
+    near(host[0].0, at(0), "the host's burst");
+    near(guest[0].0, at(0), "the guest's first burst");
+    near(guest[1].0, at(1), "the guest's second burst");
 }
