@@ -87,10 +87,15 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// What the local run needs on this machine, and how to get it on Debian.
+/// The font the mixdown writes participants' names in (the worker's `--font` default).
+const MIXDOWN_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+
+/// What the local run needs on this machine, and how to get it on Debian: programs on PATH, and
+/// files named by their absolute path.
 const LOCAL_PREREQUISITES: &[(&str, &str)] = &[
     ("ffmpeg", "sudo apt-get install ffmpeg"),
     ("ffprobe", "sudo apt-get install ffmpeg"),
+    (MIXDOWN_FONT, "sudo apt-get install fonts-dejavu-core"),
     (
         "go",
         "Go 1.26 or newer, which builds the local Kubernetes binaries once (tests/envtest/setup.sh)",
@@ -182,6 +187,7 @@ fn crdgen(root: &Path) -> anyhow::Result<()> {
 const PREREQUISITES: &[(&str, &str)] = &[
     ("ffmpeg", "apt-get install ffmpeg"),
     ("ffprobe", "apt-get install ffmpeg"),
+    (MIXDOWN_FONT, "apt-get install fonts-dejavu-core"),
     ("etcd", "apt-get install etcd-server"),
     ("kubectl", "apt-get install kubernetes-client"),
     ("podman", "apt-get install podman runc"),
@@ -355,7 +361,13 @@ impl Shell {
 fn missing(prerequisites: &[(&str, &str)]) -> Option<String> {
     let missing: Vec<String> = prerequisites
         .iter()
-        .filter(|(program, _)| !on_path(program))
+        .filter(|(program, _)| {
+            if program.starts_with('/') {
+                !Path::new(program).exists()
+            } else {
+                !on_path(program)
+            }
+        })
         .map(|(program, install)| format!("  {program}: {install}"))
         .collect();
     (!missing.is_empty()).then(|| missing.join("\n"))
