@@ -226,7 +226,7 @@ pub fn audio_graph(tiles: &[Tile<'_>], loudness: Loudness) -> Option<String> {
     };
     graph.push(format!(
         "{mixed}amix=inputs={count}:duration=longest:normalize=0:dropout_transition=0{level},\
-         aresample=48000[aout]"
+         aresample=48000,aformat=sample_rates=48000:channel_layouts=stereo[aout]"
     ));
     Some(graph.join(";"))
 }
@@ -543,7 +543,7 @@ mod tests {
             "[0:a:0]aresample=48000:async=1:first_pts=0,",
             "adelay=delays=0:all=1[a0]",
             "adelay=delays=3000:all=1[a1]",
-            "[a0][a1]amix=inputs=2:duration=longest:normalize=0:dropout_transition=0,loudnorm=I=-16:TP=-1.5:LRA=11:print_format=json,aresample=48000[aout]",
+            "[a0][a1]amix=inputs=2:duration=longest:normalize=0:dropout_transition=0,loudnorm=I=-16:TP=-1.5:LRA=11:print_format=json,aresample=48000,aformat=sample_rates=48000:channel_layouts=stereo[aout]",
         ] {
             assert!(measure.contains(part), "{part}\nnot in\n{measure}");
         }

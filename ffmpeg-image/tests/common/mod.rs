@@ -629,3 +629,97 @@ pub fn logged_progress(stderr: &str) -> Vec<i64> {
         })
         .collect()
 }
+
+/// A recording of `seconds` of `testsrc2` at `size` (VP8, as a browser records it) with the
+/// sound of the lavfi source `audio` (an `aevalsrc` expression or `sine`, mono, 48 kHz) in Opus,
+/// generated once into the media cache under `name`. For the mixdown's tests, which need sound
+/// at known instants and known levels.
+pub fn recording_with_sound(
+    name: &str,
+    seconds: u32,
+    size: &str,
+    audio: &str,
+) -> anyhow::Result<PathBuf> {
+    static GENERATING: Mutex<()> = Mutex::new(());
+    let _guard = GENERATING.lock().unwrap_or_else(|p| p.into_inner());
+    require_ffmpeg();
+    let dir = media_cache();
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{name}.webm"));
+    if path.is_file() {
+        return Ok(path);
+    }
+    let partial = dir.join(format!("{name}.{}.partial", std::process::id()));
+    let args: Vec<String> = vec![
+        "-hide_banner".into(),
+        "-loglevel".into(),
+        "error".into(),
+        "-y".into(),
+        "-f".into(),
+        "lavfi".into(),
+        "-i".into(),
+        format!("testsrc2=size={size}:rate=30"),
+        "-f".into(),
+        "lavfi".into(),
+        "-i".into(),
+        audio.to_owned(),
+        "-t".into(),
+        seconds.to_string(),
+        "-c:v".into(),
+        "libvpx".into(),
+        "-b:v".into(),
+        "300k".into(),
+        "-deadline".into(),
+        "realtime".into(),
+        "-cpu-used".into(),
+        "8".into(),
+        "-g".into(),
+        "60".into(),
+        "-c:a".into(),
+        "libopus".into(),
+        "-b:a".into(),
+        "64k".into(),
+        "-output_ts_offset".into(),
+        START_OFFSET_SECONDS.to_string(),
+        "-f".into(),
+        "webm".into(),
+        "pipe:1".into(),
+    ];
+    let out = std::fs::File::create(&partial)?;
+    let status = std::process::Command::new("ffmpeg")
+        .args(&args)
+        .stdout(out)
+        .status()
+        .context("running ffmpeg")?;
+    ensure!(status.success(), "ffmpeg {args:?} failed: {status}");
+    std::fs::rename(&partial, &path)?;
+    Ok(path)
+}
+
+/// Peak resident memory (`VmHWM`, KiB) of process `pid`, while it runs.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The processes whose parent is `pid`, with their command name.
+pub fn children(pid: u32) -> Vec<(u32, String)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            // `pid (comm) state ppid …`; comm may hold spaces, so split after its `)`.
+            let close = stat.rfind(')')?;
+            let comm = stat[stat.find('(')? + 1..close].to_owned();
+            let ppid: u32 = stat[close + 1..].split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == pid).then_some((child, comm))
+        })
+        .collect()
+}
