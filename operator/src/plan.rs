@@ -755,6 +755,23 @@ mod tests {
             )
         };
         let (refused_1, refused_2) = (refused(1), refused(2));
+        let mixdown_failed = RecordingJobStatus {
+            conditions: vec![
+                condition(
+                    conditions::COMPLETE,
+                    "True",
+                    reasons::COMPLETED,
+                    "2 output(s) written and verified; the mixdown was not made (MixdownFailed: ffmpeg exited 1), the participants' files are complete",
+                ),
+                condition(
+                    conditions::MIXDOWN_READY,
+                    "False",
+                    reasons::MIXDOWN_FAILED,
+                    "ffmpeg exited 1; the participants' files are complete and listed in outputs",
+                ),
+            ],
+            ..status(Some(Phase::Succeeded))
+        };
 
         /// (transition, previous, desired, Job created, Events said).
         type Row<'a> = (
@@ -862,6 +879,24 @@ mod tests {
                     "Succeeded",
                     &capitalize(&completion_message(&unsealed.outputs, None)),
                 )],
+            ),
+            (
+                "succeeded without its mixdown: a warning, and why",
+                &running,
+                &mixdown_failed,
+                None,
+                vec![
+                    row(
+                        "Warning",
+                        "Succeeded",
+                        "2 output(s) written and verified; the mixdown was not made (MixdownFailed: ffmpeg exited 1), the participants' files are complete",
+                    ),
+                    row(
+                        "Warning",
+                        reasons::MIXDOWN_FAILED,
+                        "Ffmpeg exited 1; the participants' files are complete and listed in outputs",
+                    ),
+                ],
             ),
             (
                 "failed",

@@ -1036,6 +1036,81 @@ spec:
     }
 
     #[test]
+    fn the_mixdown_is_mixing_while_the_files_are_ready_then_written_or_said_why_not() {
+        let rj = recording_job(RJ);
+        let finished = |report: &str| {
+            let job = job(
+                "rec-1",
+                "job-uid",
+                "{completionTime: '2026-01-01T10:04:00Z', succeeded: 1, conditions: [{type: Complete, status: 'True'}]}",
+            );
+            let p = pod(
+                "rec-1-a",
+                "job-uid",
+                "Succeeded",
+                &format!("{{terminated: {{exitCode: 0, message: {report}}}}}"),
+            );
+            derive_status(&rj, Some(&job), &[&p], None, &Admission::Admitted, now())
+        };
+        let written = finished(
+            r#"'{"result":"succeeded","outputs":[{"kind":"mixdown","key":"out/mixdown.mp4","sizeBytes":3000,"durationSeconds":31.5},{"participantId":"alice","key":"out/alice.mp4","sizeBytes":1000,"durationSeconds":30.0}]}'"#,
+        );
+        assert!(written.outputs[0].is_mixdown());
+        let mixdown = condition(&written, "MixdownReady").expect("MixdownReady");
+        assert_eq!(
+            (mixdown.status.as_str(), mixdown.reason.as_str()),
+            ("True", "MixdownWritten")
+        );
+        let complete = &condition(&written, "Complete").unwrap().message;
+        assert!(complete.contains("the mixdown among them"), "{complete}");
+
+        let not_made = finished(
+            r#"'{"result":"succeeded","outputs":[{"participantId":"alice","key":"out/alice.mp4","sizeBytes":1000,"durationSeconds":30.0}],"mixdownFailure":{"reason":"MixdownFailed","message":"ffmpeg exited 1"}}'"#,
+        );
+        assert_eq!(not_made.phase, Some(Phase::Succeeded), "the files are fine");
+        assert_eq!(not_made.outputs.len(), 1);
+        let mixdown = condition(&not_made, "MixdownReady").expect("MixdownReady");
+        assert_eq!(
+            (mixdown.status.as_str(), mixdown.reason.as_str()),
+            ("False", "MixdownFailed")
+        );
+        assert!(
+            mixdown.message.contains("ffmpeg exited 1"),
+            "{}",
+            mixdown.message
+        );
+
+        // No mixdown asked for: no condition.
+        let plain = finished(SUCCEEDED_REPORT);
+        assert!(condition(&plain, "MixdownReady").is_none());
+
+        // Running, with the worker's readyOutputs: Mixing.
+        let mut view = recording_job(RJ);
+        view.status = Some(RecordingJobStatus {
+            ready_outputs: not_made.outputs.clone(),
+            ..RecordingJobStatus::default()
+        });
+        let job = job("rec-1", "job-uid", "{active: 1}");
+        let p = pod(
+            "rec-1-a",
+            "job-uid",
+            "Running",
+            "{running: {startedAt: '2026-01-01T10:00:05Z'}}",
+        );
+        let running = derive_status(&view, Some(&job), &[&p], None, &Admission::Admitted, now());
+        assert_eq!(running.phase, Some(Phase::Running));
+        let mixing = condition(&running, "MixdownReady").expect("MixdownReady");
+        assert_eq!(
+            (mixing.status.as_str(), mixing.reason.as_str()),
+            ("False", "Mixing")
+        );
+        assert!(
+            running.ready_outputs.is_empty(),
+            "readyOutputs are the worker's to write"
+        );
+    }
+
+    #[test]
     fn outputs_carry_sizes_and_durations() {
         let rj = recording_job(RJ);
         let job = job(
