@@ -449,20 +449,26 @@
         .catch((e) => showError('A chunk could not be kept in this browser: ' + e.message));
     };
     // When the recorder really started, on this page's clock: kept with the track, so that a
-    // page reloaded before the seal still says where its track starts.
+    // page reloaded before the seal still says where its track starts. That is when `start()`
+    // was called: the recorder takes the stream's samples from then on. Chromium fires the
+    // `start` event only once its muxer wrote the first data, after the first frames were
+    // encoded (about 100 ms later on a busy machine, which the mixdown would hear); it is
+    // logged beside, to see the difference.
     mr.onstart = (event) => {
-      const startedAt = performance.timeOrigin + event.timeStamp;
-      state.startedHere.add(recordingId);
-      rec.chain = rec.chain
-        .then(() => updateTrack(recordingId, { startedAt, clock: state.clock }))
-        .catch((e) => showError('The recording\'s start could not be kept in this browser: ' + e.message));
+      const eventAt = performance.timeOrigin + event.timeStamp;
+      console.info(`mixdown: recorder of ${recordingId} started; start event ${(eventAt - startedAt).toFixed(1)} ms after start()`);
     };
     mr.onstop = () => {
       rec.chain = rec.chain
         .then(() => updateTrack(recordingId, { final: true, clock: state.clock }))
         .then(() => { if (state.recorder === rec) state.recorder = null; pump(); render(); });
     };
+    const startedAt = pageNow();
     mr.start(TIMESLICE_MS);
+    state.startedHere.add(recordingId);
+    rec.chain = rec.chain
+      .then(() => updateTrack(recordingId, { startedAt, clock: state.clock }))
+      .catch((e) => showError('The recording\'s start could not be kept in this browser: ' + e.message));
     // What the browser really records: the worker copies H.264 and encodes anything else.
     $('me').dataset.mimeType = mr.mimeType || mimeType || '';
     render();
