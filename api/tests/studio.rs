@@ -700,8 +700,7 @@ fn clock_of(lines: &Value) -> Option<(f64, f64)> {
         .as_array()?
         .iter()
         .filter_map(Value::as_str)
-        .filter(|l| l.contains("clock offset"))
-        .next_back()?;
+        .rfind(|l| l.contains("clock offset"))?;
     let number_after = |what: &str| -> Option<f64> {
         let rest = &line[line.find(what)? + what.len()..];
         let end = rest
