@@ -335,6 +335,17 @@ async fn a_guest_reloaded_mid_upload_resumes_from_its_spool_and_loses_no_second(
         "the page warned before unloading with unsent chunks"
     );
     check_both_pages(&result, &dir, 6.0).await;
+    // The reloaded page sealed with its recorder's start, kept in its spool.
+    for rj in recording_jobs(&world).await {
+        for track in &rj.spec.tracks {
+            assert!(
+                track.start_offset_ms.is_some(),
+                "{} has no start offset: {:?}",
+                track.participant_id,
+                rj.spec.tracks
+            );
+        }
+    }
 }
 
 /// Processes whose command line mentions `needle`, but for this test's own.
