@@ -23,7 +23,9 @@ standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TO
 sources of the AWS SDK's default chain. Everything else has a default.
 
 Exit codes: 0 every output written and verified, or found finished by an earlier run (the \
-manifest.json beside the outputs: the same outputs are reported again); 2 bad input (no chunks, a \
+manifest.json beside the outputs: the same outputs are reported again), also when the job's \
+mixdown could not be made (the report's mixdownFailure says why; the participants' files are \
+there); 2 bad input (no chunks, a \
 missing first chunk, a gap or a wrong count in a sealed track, an unreadable chunk, an invalid \
 job, a finished recording whose outputs are gone since): retrying will not help; 1 anything else \
 (storage, also storage refusing the credentials or the bucket, ffmpeg, verification): transient, \

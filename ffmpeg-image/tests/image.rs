@@ -259,7 +259,8 @@ async fn has_ffmpeg_with_the_codecs_the_worker_uses_and_no_network_tools() {
 
     // Browser recordings are VP8/VP9 + Opus in WebM; outputs are H.264 + AAC in MP4 (and M4A) or
     // WebM copies. A real encode also proves that dropping the GPU drivers broke nothing and that
-    // the index can be moved to the front in the scratch directory.
+    // the index can be moved to the front in the scratch directory; a small mixdown (a name drawn
+    // in DejaVu Sans, overlay, xstack, amix, loudnorm) that the image has what the mixdown uses.
     let script = r#"
         set -e
         ffmpeg -hide_banner -loglevel error \
@@ -268,6 +269,12 @@ async fn has_ffmpeg_with_the_codecs_the_worker_uses_and_no_network_tools() {
         ffmpeg -hide_banner -loglevel error -i /tmp/in.webm \
             -c:v libx264 -preset veryfast -c:a aac -movflags +faststart /tmp/out.mp4
         ffprobe -v error -show_entries stream=codec_name -of csv=p=0 /tmp/out.mp4
+        # The mixdown's filters, with the font it draws names in (fonts-dejavu-core).
+        test -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+        ffmpeg -hide_banner -loglevel error -i /tmp/in.webm -i /tmp/in.webm -filter_complex \
+            "color=c=0x2b2f3a:s=160x120:r=15:d=1,drawtext=fontfile=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:text=Alice:fontcolor=white[bg];[bg][0:v]overlay=eof_action=pass[c0];[c0][1:v]xstack=inputs=2:layout=0_0|160_0[v];[0:a][1:a]amix=inputs=2:normalize=0,loudnorm=I=-16:TP=-1.5:LRA=11,aresample=48000,aformat=channel_layouts=stereo[a]" \
+            -map "[v]" -map "[a]" -c:v libx264 -preset veryfast -c:a aac -movflags +faststart /tmp/mix.mp4
+        ffprobe -v error -show_entries stream=codec_name -of csv=p=0 /tmp/mix.mp4
         for tool in curl wget apt apt-get; do
             if command -v "$tool" >/dev/null; then echo "found $tool"; fi
         done
@@ -278,7 +285,10 @@ async fn has_ffmpeg_with_the_codecs_the_worker_uses_and_no_network_tools() {
         "encode in the image: {}",
         describe(&out)
     );
-    assert_eq!(stdout(&out).lines().collect::<Vec<_>>(), ["h264", "aac"]);
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        ["h264", "aac", "h264", "aac"]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 //! Progress on a real API server: the worker patches `status.progress` of its RecordingJob with
 //! server-side apply under its own field manager, holding only `patch` on
-//! `recordingjobs/status`, and a RecordingJob it cannot patch does not fail the job.
+//! `recordingjobs/status`, and a RecordingJob it cannot patch does not fail the job; a job with a
+//! mixdown gets `status.readyOutputs` before its mixdown is made, which every later patch keeps.
 
 mod common;
 
@@ -243,6 +244,132 @@ async fn progress_that_cannot_be_reported_does_not_fail_the_job() -> anyhow::Res
         run.stderr.contains("patching status.progress failed"),
         "{}",
         run.explain()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_outputs_are_applied_before_the_mixdown_and_kept_by_every_later_patch()
+-> anyhow::Result<()> {
+    require_ffmpeg();
+    let cp = ControlPlane::shared().await;
+    cp.install_crd(&RecordingJob::crd()).await?;
+    let ns = cp.namespace().await;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = worker_kubeconfig(cp, &ns, dir.path()).await?;
+    let name = "rec-ready";
+    let server = S3Server::start().await?;
+    let bucket = server.create_bucket().await;
+    let chunks = chunks(&VP8_30S)?;
+    let mut tracks = Vec::new();
+    for participant in ["alice", "bob"] {
+        let prefix = chunk_prefix("room1", name, participant);
+        put_chunks(&server.client(), &bucket, &prefix, &chunks).await?;
+        tracks.push(track(participant, &prefix, chunks.len() as u32));
+    }
+    let jobs = Api::<RecordingJob>::namespaced(cp.client(), ns.name());
+    let object: RecordingJob = serde_json::from_value(json!({
+        "apiVersion": names::API_VERSION,
+        "kind": names::KIND,
+        "metadata": {"name": name},
+        "spec": {
+            "roomId": "room1",
+            "recordingId": name,
+            "tracks": tracks,
+            "output": {"prefix": format!("riverside/processed/room1/{name}/"), "profile": "webm"},
+        },
+    }))?;
+    jobs.create(&PostParams::default(), &object).await?;
+    let mut job = job("room1", name, tracks, "webm");
+    job["composite"] = json!(true);
+
+    // (progress, readyOutputs) as the status shows them while the worker runs.
+    let seen = Arc::new(Mutex::new(Vec::<(i32, usize)>::new()));
+    let watcher = tokio::spawn({
+        let (jobs, seen) = (jobs.clone(), seen.clone());
+        async move {
+            loop {
+                if let Ok(job) = jobs.get(name).await
+                    && let Some(status) = job.status
+                    && let Some(progress) = status.progress
+                {
+                    let now = (progress, status.ready_outputs.len());
+                    let mut seen = seen.lock().expect("not poisoned");
+                    if seen.last() != Some(&now) {
+                        seen.push(now);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+    let run = run_worker(
+        &server,
+        &bucket,
+        &job,
+        &[
+            ("KUBECONFIG", &kubeconfig),
+            ("MIXDOWN_RECORDING_JOB", name),
+            ("MIXDOWN_NAMESPACE", ns.name()),
+            ("MIXDOWN_VIDEO_PRESET", "ultrafast"),
+        ],
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    watcher.abort();
+
+    assert_eq!(run.code(), Some(0), "{}", run.explain());
+    assert!(
+        !run.stderr.contains("patching status.progress failed"),
+        "{}",
+        run.explain()
+    );
+    let report = run.report.as_ref().expect("report");
+    assert_eq!(report["outputs"][0]["kind"], "mixdown", "{}", run.explain());
+    let seen = seen.lock().expect("not poisoned").clone();
+    // Ready before done, and never dropped again by a progress patch.
+    let first_ready = seen
+        .iter()
+        .position(|&(_, ready)| ready == 2)
+        .unwrap_or_else(|| panic!("readyOutputs never seen: {seen:?}"));
+    assert!(seen[first_ready].0 < 100, "ready only at the end: {seen:?}");
+    assert!(
+        seen[first_ready..].iter().all(|&(_, ready)| ready == 2),
+        "a later patch dropped readyOutputs: {seen:?}"
+    );
+    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "{seen:?}");
+    let object = jobs.get(name).await?;
+    let status = object.status.clone().unwrap_or_default();
+    assert_eq!(status.progress, Some(100));
+    let ready: Vec<&str> = status
+        .ready_outputs
+        .iter()
+        .map(|o| o.participant_id.as_str())
+        .collect();
+    assert_eq!(ready, ["alice", "bob"]);
+    assert_eq!(
+        status.ready_outputs[0].key,
+        format!("riverside/processed/room1/{name}/alice.webm")
+    );
+
+    // The worker owns progress and readyOutputs, nothing else.
+    let managed = object.metadata.managed_fields.unwrap_or_default();
+    let worker = managed
+        .iter()
+        .find(|m| m.manager.as_deref() == Some(names::field_managers::WORKER))
+        .expect("the worker's managedFields");
+    let fields = serde_json::to_value(&worker.fields_v1)?;
+    let owned: Vec<&String> = fields["f:status"]
+        .as_object()
+        .map(|o| o.keys().collect())
+        .unwrap_or_default();
+    assert!(owned.contains(&&"f:readyOutputs".to_owned()), "{fields}");
+    assert!(
+        owned
+            .iter()
+            .all(|f| ["f:progress", "f:readyOutputs", "."].contains(&f.as_str())),
+        "{fields}"
     );
     Ok(())
 }
