@@ -211,12 +211,25 @@
     store('tracks', 'readonly', (s) => request(s.getAll()))
       .then((all) => all.filter((t) => t.participantId === me()));
 
-  async function updateTrack(recordingId, change) {
-    const track = await getTrack(recordingId);
-    if (!track) return null;
-    Object.assign(track, change);
-    await putTrack(track);
-    return track;
+  /**
+   * Changes some fields of a track in one readwrite transaction. The recorder's chain and the
+   * room's events change the same track at once (a stop arrives while the last chunk is being
+   * kept); a read and a write in two transactions would let one put undo the other's change,
+   * and a track whose `stopped` was lost would never be sealed.
+   */
+  function updateTrack(recordingId, change) {
+    return store('tracks', 'readwrite', (s) => new Promise((resolve, reject) => {
+      const get = s.get([me(), recordingId]);
+      get.onerror = () => reject(get.error);
+      get.onsuccess = () => {
+        const track = get.result;
+        if (!track) { resolve(null); return; }
+        Object.assign(track, change);
+        const put = s.put(track);
+        put.onerror = () => reject(put.error);
+        put.onsuccess = () => resolve(track);
+      };
+    }));
   }
 
   async function forget(recordingId) {
