@@ -16,12 +16,20 @@ use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::{Api, ResourceExt};
 use mixdown_crds::Phase;
 use mixdown_testkit::gate::Gate;
+use mixdown_testkit::stack::FAST_LEASE;
 
 const LONG: Duration = Duration::from_secs(180);
-/// The Lease settings every test operator runs with (see `common::Operator`).
+/// The Lease settings of the replicas in these tests (`FAST_LEASE`).
 const LEASE_DURATION: Duration = Duration::from_secs(4);
 const RENEW_INTERVAL: Duration = Duration::from_secs(1);
 const RENEW_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The flags of one replica in a failover test: its identity and the short Lease.
+fn replica(identity: &str) -> Vec<&str> {
+    let mut flags = vec!["--lease-identity", identity];
+    flags.extend_from_slice(FAST_LEASE);
+    flags
+}
 
 /// Runs until killed.
 const SLEEPING: (&str, &str) = ("sleeping-worker:test", "exec sleep 600");
@@ -69,10 +77,10 @@ async fn reconciles(operator: &Operator) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn of_two_replicas_one_reconciles_and_the_other_takes_over_when_it_dies() {
     let world = World::new(&[SLEEPING]).await;
-    let mut leader = world.operator(SLEEPING.0, &["--lease-identity", "replica-a"]);
+    let mut leader = world.operator(SLEEPING.0, &replica("replica-a"));
     leader.wait_up().await;
     wait_for_holder(&world, "replica-a", LONG).await;
-    let standby = world.operator(SLEEPING.0, &["--lease-identity", "replica-b"]);
+    let standby = world.operator(SLEEPING.0, &replica("replica-b"));
     standby.wait_up().await;
 
     let jobs = world.record_jobs();
@@ -148,10 +156,10 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_a_standby_takes_over(
     // Replica A reaches the API server through a gate the test can freeze: its requests then
     // hang, neither failing nor succeeding, as on a node whose network stalls.
     let gate = Gate::start(world.cp.server_url()).expect("a gate in front of the API server");
-    let mut leader = world.operator_through(&gate, SLEEPING.0, &["--lease-identity", "replica-a"]);
+    let mut leader = world.operator_through(&gate, SLEEPING.0, &replica("replica-a"));
     leader.wait_up().await;
     wait_for_holder(&world, "replica-a", LONG).await;
-    let standby = world.operator(SLEEPING.0, &["--lease-identity", "replica-b"]);
+    let standby = world.operator(SLEEPING.0, &replica("replica-b"));
     standby.wait_up().await;
     let jobs = world.record_jobs();
     world
@@ -240,9 +248,9 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_a_standby_takes_over(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_leader_stopped_with_sigterm_hands_the_lease_over_at_once() {
     let world = World::new(&[SLEEPING]).await;
-    let mut leader = world.operator(SLEEPING.0, &["--lease-identity", "replica-a"]);
+    let mut leader = world.operator(SLEEPING.0, &replica("replica-a"));
     wait_for_holder(&world, "replica-a", LONG).await;
-    let standby = world.operator(SLEEPING.0, &["--lease-identity", "replica-b"]);
+    let standby = world.operator(SLEEPING.0, &replica("replica-b"));
     standby.wait_up().await;
 
     let stopped = Instant::now();
