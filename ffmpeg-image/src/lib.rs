@@ -108,8 +108,8 @@ pub async fn run(args: &Args, cancel: CancellationToken) -> Result<Done, WorkerE
 
     stop_progress.cancel();
     let _ = reporter.await;
-    if result.is_ok() {
-        sink.report(100).await;
+    if let Ok(done) = &result {
+        sink.finish(&done.outputs).await;
     }
     result
 }

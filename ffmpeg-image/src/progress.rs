@@ -172,6 +172,20 @@ impl Sink {
         }
     }
 
+    /// Everything is verified: 100, with every participant's file in `status.readyOutputs`. The
+    /// termination message holds 4096 bytes, so the report of a large room lists only the files
+    /// that fit; the operator takes the others from here.
+    pub async fn finish(&self, outputs: &[RecordingOutput]) {
+        if let Sink::RecordingJob { ready, .. } = self {
+            *ready.lock().unwrap_or_else(|p| p.into_inner()) = outputs
+                .iter()
+                .filter(|o| !o.is_mixdown())
+                .cloned()
+                .collect();
+        }
+        self.report(100).await;
+    }
+
     /// Reports `percent`; failures are logged, never returned.
     pub async fn report(&self, percent: i32) {
         match self {

@@ -191,10 +191,13 @@ async fn progress_is_applied_to_the_recording_job_status_with_patch_rights_only(
         .as_object()
         .map(|o| o.keys().collect())
         .unwrap_or_default();
+    // readyOutputs: the files, from its last write (a job without a mixdown).
     assert!(owned.contains(&&"f:progress".to_owned()), "{fields}");
     assert!(
-        owned.iter().all(|f| *f == "f:progress" || *f == "."),
-        "the worker owns more than progress: {fields}"
+        owned
+            .iter()
+            .all(|f| ["f:progress", "f:readyOutputs", "."].contains(&f.as_str())),
+        "the worker owns more than progress and readyOutputs: {fields}"
     );
     assert_eq!(
         fields.as_object().map(|o| o.len()),
@@ -371,5 +374,133 @@ async fn ready_outputs_are_applied_before_the_mixdown_and_kept_by_every_later_pa
             .all(|f| ["f:progress", "f:readyOutputs", "."].contains(&f.as_str())),
         "{fields}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_rooms_last_write_lists_every_file_the_report_has_no_room_for() -> anyhow::Result<()>
+{
+    require_ffmpeg();
+    let cp = ControlPlane::shared().await;
+    cp.install_crd(&RecordingJob::crd()).await?;
+    let ns = cp.namespace().await;
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = worker_kubeconfig(cp, &ns, dir.path()).await?;
+    let name = "rec-large-room";
+    let server = S3Server::start().await?;
+    let bucket = server.create_bucket().await;
+    let chunks = chunks(&VP8_30S)?;
+    // 32 participants, the most a RecordingJob has: their outputs take over 6 KB as JSON, more
+    // than the 4096 bytes of a termination message.
+    let participants: Vec<String> = (0..32)
+        .map(|i| format!("participant-{i:02}-with-a-long-name"))
+        .collect();
+    let mut tracks = Vec::new();
+    for participant in &participants {
+        let prefix = chunk_prefix("room1", name, participant);
+        put_chunks(&server.client(), &bucket, &prefix, &chunks).await?;
+        tracks.push(track(participant, &prefix, chunks.len() as u32));
+    }
+    let jobs = Api::<RecordingJob>::namespaced(cp.client(), ns.name());
+    let object: RecordingJob = serde_json::from_value(json!({
+        "apiVersion": names::API_VERSION,
+        "kind": names::KIND,
+        "metadata": {"name": name},
+        "spec": {
+            "roomId": "room1",
+            "recordingId": name,
+            "tracks": tracks,
+            "output": {"prefix": format!("riverside/processed/room1/{name}/"), "profile": "webm", "composite": false},
+        },
+    }))?;
+    jobs.create(&PostParams::default(), &object).await?;
+    let job = job("room1", name, tracks, "webm");
+    assert_ne!(job["composite"], json!(true), "no mixdown in this job");
+
+    // (progress, readyOutputs) as the status shows them while the worker runs.
+    let seen = Arc::new(Mutex::new(Vec::<(i32, usize)>::new()));
+    let watcher = tokio::spawn({
+        let (jobs, seen) = (jobs.clone(), seen.clone());
+        async move {
+            loop {
+                if let Ok(job) = jobs.get(name).await
+                    && let Some(status) = job.status
+                    && let Some(progress) = status.progress
+                {
+                    let now = (progress, status.ready_outputs.len());
+                    let mut seen = seen.lock().expect("not poisoned");
+                    if seen.last() != Some(&now) {
+                        seen.push(now);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+    let run = run_worker(
+        &server,
+        &bucket,
+        &job,
+        &[
+            ("KUBECONFIG", &kubeconfig),
+            ("MIXDOWN_RECORDING_JOB", name),
+            ("MIXDOWN_NAMESPACE", ns.name()),
+        ],
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    watcher.abort();
+
+    assert_eq!(run.code(), Some(0), "{}", run.explain());
+    // The report is whole JSON of at most 4096 bytes, and lists only some of the files.
+    assert!(run.report_text.len() <= 4096, "{}", run.report_text.len());
+    let report = run.report.as_ref().expect("report");
+    let reported = report["outputs"].as_array().expect("outputs").len();
+    assert!(
+        (1..participants.len()).contains(&reported),
+        "{reported} of {} outputs in the report: the test means one that does not fit",
+        participants.len()
+    );
+    assert!(
+        run.stderr
+            .contains("output left out of the termination message"),
+        "{}",
+        run.explain()
+    );
+    // The status lists every file, in the job's order, each as stored.
+    let status = jobs.get(name).await?.status.unwrap_or_default();
+    assert_eq!(status.progress, Some(100));
+    let ready: Vec<&str> = status
+        .ready_outputs
+        .iter()
+        .map(|o| o.participant_id.as_str())
+        .collect();
+    assert_eq!(ready, participants);
+    for output in &status.ready_outputs {
+        let head = server
+            .client()
+            .head_object()
+            .bucket(&bucket)
+            .key(&output.key)
+            .send()
+            .await?;
+        assert_eq!(
+            head.content_length(),
+            Some(output.size_bytes),
+            "{}",
+            output.key
+        );
+        assert!((output.duration_seconds - 30.0).abs() < 1.0, "{output:?}");
+    }
+    // Without a mixdown the files are listed by the last write only: nothing said they were
+    // ready while the worker still had work to do.
+    let seen = seen.lock().expect("not poisoned").clone();
+    assert!(
+        seen.iter()
+            .all(|&(progress, ready)| ready == 0 || progress == 100),
+        "{seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&(100, participants.len())), "{seen:?}");
     Ok(())
 }
