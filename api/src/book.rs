@@ -84,7 +84,12 @@ impl MixdownView {
                     message: Some(c.message.clone()),
                 })
             }
-            _ if !finished && (condition.is_some() || !status.ready_outputs.is_empty()) => {
+            // The worker lists the files before its mixdown (below 100 %); a worker without
+            // one lists them in its last write, at 100 %.
+            _ if !finished
+                && (condition.is_some()
+                    || (!status.ready_outputs.is_empty() && status.progress != Some(100))) =>
+            {
                 Some(MixdownView {
                     state: "mixing",
                     reason: None,
@@ -708,6 +713,13 @@ status: {status}
             "{{phase: Failed, reason: BackoffLimitExceeded, readyOutputs: {ready}}}"
         )));
         assert_eq!(keys(&gave_up), ["out/a.mp4", "out/b.mp4"]);
+        // A worker without a mixdown lists the files in its last write, at 100 %: ready, and
+        // nothing said to be mixing.
+        let unmixed = View::of(&rj(&format!(
+            "{{phase: Running, progress: 100, readyOutputs: {ready}}}"
+        )));
+        assert_eq!(keys(&unmixed), ["out/a.mp4", "out/b.mp4"]);
+        assert_eq!(unmixed.mixdown, None);
         // No mixdown asked for: none said.
         let plain = View::of(&rj(&format!(
             "{{phase: Succeeded, outputs: [{}]}}",

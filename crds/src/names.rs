@@ -40,6 +40,9 @@ pub mod annotations {
     /// Set by the operator on the Jobs it creates: the RecordingJob's `metadata.generation` the
     /// Job was built from, so that a later edit of the spec is seen as not applied.
     pub const SPEC_GENERATION: &str = "mixdown.dev/spec-generation";
+    /// Set by the operator on the Jobs it creates: `"true"` when its worker makes a mixdown,
+    /// `"false"` when not (the operator resolved `spec.output.composite`).
+    pub const COMPOSITE: &str = "mixdown.dev/composite";
     /// Set by a user on a Failed RecordingJob to process it again (any new value, e.g. the
     /// time): its Job is replaced and the run before is kept in `status.retries`.
     pub const RETRY: &str = "mixdown.dev/retry";

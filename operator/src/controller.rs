@@ -308,14 +308,33 @@ async fn reconcile_recording_job(rj: &RecordingJob, ctx: &Context) -> Result<Act
         }
         _ => None,
     };
-    let desired = derive_status(
-        &view,
-        job.as_deref(),
-        &pod_refs,
-        create_failure.as_deref(),
-        &admission,
-        jiff::Timestamp::now(),
-    );
+    let derive = |view: &RecordingJob| {
+        derive_status(
+            view,
+            job.as_deref(),
+            &pod_refs,
+            create_failure.as_deref(),
+            &admission,
+            jiff::Timestamp::now(),
+        )
+    };
+    let mut desired = derive(&view);
+    // A report too large for the termination message lists the files that fit; the worker put
+    // every one in status.readyOutputs before it exited, a write the cache may not have yet.
+    if desired.phase == Some(Phase::Succeeded)
+        && !is_final(&view)
+        && crate::status::misses_files(&view, &desired.outputs)
+    {
+        let api: Api<RecordingJob> = Api::namespaced(ctx.client.clone(), &namespace);
+        let fresh = api
+            .get(&name)
+            .await
+            .map_err(Error::kube("reading the worker's readyOutputs"))?;
+        if let (Some(status), Some(fresh)) = (view.status.as_mut(), fresh.status) {
+            status.ready_outputs = fresh.ready_outputs;
+            desired = derive(&view);
+        }
+    }
 
     let tries = job
         .as_deref()
@@ -468,9 +487,16 @@ impl Context {
             if cached_now || at.elapsed() > APPLIED_TRUST {
                 applied.remove(uid);
             } else {
+                // The worker's fields are as the cache has them: the operator never writes them.
                 let progress = rj.status.as_ref().and_then(|s| s.progress);
+                let ready_outputs = rj
+                    .status
+                    .as_ref()
+                    .map(|s| s.ready_outputs.clone())
+                    .unwrap_or_default();
                 view.status = Some(RecordingJobStatus {
                     progress,
+                    ready_outputs,
                     ..status.clone()
                 });
             }

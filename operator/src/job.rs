@@ -104,6 +104,15 @@ pub fn name_and_namespace(rj: &RecordingJob) -> Result<(String, String)> {
     Ok((name, namespace))
 }
 
+/// Whether the worker of `job` makes a mixdown: its `mixdown.dev/composite` annotation (the
+/// operator resolved `spec.output.composite` when it built the Job; the caches keep the
+/// annotation, not the Pod template). A Job from before the annotation may make one.
+pub fn makes_mixdown(job: &Job) -> bool {
+    job.annotations()
+        .get(mixdown_crds::names::annotations::COMPOSITE)
+        .is_none_or(|v| v != "false")
+}
+
 /// The Job that runs a RecordingJob's worker. Its name is the RecordingJob's, so a second create
 /// finds the first (409) instead of starting a second worker.
 pub fn build_job(rj: &RecordingJob, config: &Config) -> Result<Job> {
@@ -117,10 +126,11 @@ pub fn build_job(rj: &RecordingJob, config: &Config) -> Result<Job> {
     let spec = &rj.spec;
     let labels = child_labels(rj);
 
+    let composite = spec
+        .output
+        .wants_composite(spec.tracks.len(), config.composite_default);
     let worker_job = WorkerJob {
-        composite: spec
-            .output
-            .wants_composite(spec.tracks.len(), config.composite_default),
+        composite,
         ..WorkerJob::from(spec)
     };
     let worker_job = serde_json::to_string(&worker_job).map_err(|source| Error::Serialize {
@@ -231,12 +241,17 @@ pub fn build_job(rj: &RecordingJob, config: &Config) -> Result<Job> {
         ..PodSpec::default()
     };
 
-    let annotations = rj.metadata.generation.map(|generation| {
-        std::collections::BTreeMap::from([(
+    let mut annotations = std::collections::BTreeMap::from([(
+        mixdown_crds::names::annotations::COMPOSITE.to_string(),
+        composite.to_string(),
+    )]);
+    if let Some(generation) = rj.metadata.generation {
+        annotations.insert(
             mixdown_crds::names::annotations::SPEC_GENERATION.to_string(),
             generation.to_string(),
-        )])
-    });
+        );
+    }
+    let annotations = Some(annotations);
     Ok(Job {
         metadata: ObjectMeta {
             name: Some(name),
@@ -508,6 +523,7 @@ spec:
             let job = build_job(&rj, &config).unwrap();
             let worker_job: WorkerJob =
                 serde_json::from_str(env_value(&job, env::JOB).unwrap()).unwrap();
+            assert_eq!(makes_mixdown(&job), worker_job.composite, "makes_mixdown");
             worker_job.composite
         };
         // (tracks, spec.output.composite, the operator's default) → mixdown

@@ -264,8 +264,12 @@ pub fn announcement(
                         |c| c.message.clone(),
                     );
                 events.push(event(
-                    // A track processed without its seal, or a mixdown not made, is worth a look.
-                    if desired.outputs.iter().all(|o| o.sealed) && mixdown_failed.is_none() {
+                    // A track processed without its seal, a mixdown not made, or a file the
+                    // status could not list, is worth a look.
+                    if desired.outputs.iter().all(|o| o.sealed)
+                        && mixdown_failed.is_none()
+                        && !message.contains(crate::status::UNLISTED)
+                    {
                         EventType::Normal
                     } else {
                         EventType::Warning

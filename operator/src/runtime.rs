@@ -45,9 +45,10 @@ fn trim_recording_job(guard: &mut Guarded) {
 
 fn trim_job(job: &mut Job) {
     job.metadata.managed_fields = None;
-    // Only the spec generation it was built from is read.
+    // Only the spec generation it was built from, and whether it makes a mixdown, are read.
     if let Some(annotations) = job.metadata.annotations.as_mut() {
-        annotations.retain(|k, _| k == mixdown_crds::names::annotations::SPEC_GENERATION);
+        use mixdown_crds::names::annotations::{COMPOSITE, SPEC_GENERATION};
+        annotations.retain(|k, _| k == SPEC_GENERATION || k == COMPOSITE);
     }
     if let Some(spec) = job.spec.as_mut() {
         spec.template = PodTemplateSpec::default();

@@ -212,9 +212,11 @@ pub fn derive_status(
                 _ => None,
             })
             .unwrap_or_default();
+        let (outputs, unlisted) = listed_outputs(rj, outputs);
         status.outputs = outputs;
         set_mixdown(&mut conds, &status.outputs, mixdown_failure.as_ref());
-        let message = completion_message(&status.outputs, mixdown_failure.as_ref());
+        let message = completion_message(&status.outputs, mixdown_failure.as_ref())
+            + &unlisted_note(&unlisted);
         conds.set(conditions::RUNNING, false, reasons::COMPLETED, &message);
         conds.set(conditions::COMPLETE, true, reasons::COMPLETED, &message);
         status.completion_time = job_status
@@ -241,9 +243,10 @@ pub fn derive_status(
     } else if started > 0 || counted > 0 {
         // Running, or between two attempts: still Running, so phase does not flap per retry.
         status.phase = Some(Phase::Running);
-        // The worker lists the participants' files once they are verified, before its mixdown.
+        // The worker lists the participants' files once they are verified, before its mixdown
+        // (and, without one, in its last write: no mixdown is being made then).
         let ready = previous.map_or(0, |p| p.ready_outputs.len());
-        if ready > 0 {
+        if ready > 0 && crate::job::makes_mixdown(job) {
             conds.set(
                 conditions::MIXDOWN_READY,
                 false,
@@ -379,11 +382,13 @@ pub fn job_deleted_status(
     if let Some((outputs, mixdown_failure, finished_at)) = succeeded {
         status.phase = Some(Phase::Succeeded);
         status.reason = None;
+        let (outputs, unlisted) = listed_outputs(rj, outputs);
         status.outputs = outputs;
         set_mixdown(&mut conds, &status.outputs, mixdown_failure.as_ref());
         let message = format!(
-            "{} (its Job {job_name} was deleted after the worker finished)",
-            completion_message(&status.outputs, mixdown_failure.as_ref())
+            "{}{} (its Job {job_name} was deleted after the worker finished)",
+            completion_message(&status.outputs, mixdown_failure.as_ref()),
+            unlisted_note(&unlisted)
         );
         status.message = None;
         conds.set(conditions::RUNNING, false, reasons::COMPLETED, &message);
@@ -474,6 +479,65 @@ pub fn start_problem(pods: &[&Pod], create_failure: Option<&str>) -> Option<Star
         });
     }
     None
+}
+
+/// The outputs of a worker that succeeded, as the status lists them: the mixdown first, then each
+/// track's file in the spec's order. A termination message holds 4096 bytes, so the report of a
+/// large room lists only the files that fit (the mixdown always); the worker applies every
+/// participant's file to `status.readyOutputs` before it exits, and a file the report left out is
+/// taken from there. Also returns the participants whose file neither lists (the worker's last
+/// status write did not arrive), for the message to name: a file is never silently missing.
+pub fn listed_outputs(
+    rj: &RecordingJob,
+    report: Vec<mixdown_crds::RecordingOutput>,
+) -> (Vec<mixdown_crds::RecordingOutput>, Vec<String>) {
+    let ready = rj
+        .status
+        .as_ref()
+        .map_or(&[][..], |s| s.ready_outputs.as_slice());
+    let (mut listed, mut tracks): (Vec<_>, Vec<_>) =
+        report.into_iter().partition(|o| o.is_mixdown());
+    let mut unlisted = Vec::new();
+    for track in &rj.spec.tracks {
+        let id = &track.participant_id;
+        let found = |o: &mixdown_crds::RecordingOutput| !o.is_mixdown() && o.participant_id == *id;
+        if let Some(index) = tracks.iter().position(found) {
+            listed.push(tracks.remove(index));
+        } else if let Some(output) = ready.iter().find(|o| found(o)) {
+            listed.push(output.clone());
+        } else {
+            unlisted.push(id.clone());
+        }
+    }
+    // Nothing the worker reported is dropped, even a file of no track in the spec.
+    listed.extend(tracks);
+    (listed, unlisted)
+}
+
+/// Whether `outputs` lack a file of some track of `rj`.
+pub fn misses_files(rj: &RecordingJob, outputs: &[mixdown_crds::RecordingOutput]) -> bool {
+    rj.spec.tracks.iter().any(|t| {
+        !outputs
+            .iter()
+            .any(|o| !o.is_mixdown() && o.participant_id == t.participant_id)
+    })
+}
+
+/// Words of the Complete condition when some participants' files are not listed.
+pub const UNLISTED: &str = "not listed in outputs";
+
+/// What the Complete condition adds when some participants' files are not listed.
+pub fn unlisted_note(unlisted: &[String]) -> String {
+    if unlisted.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; {} participant file(s) {UNLISTED} ({}): the worker's report (its \
+         termination message holds 4096 bytes) and its last status write left them out; the \
+         worker verified them, and its log and the manifest.json beside the files list them",
+        unlisted.len(),
+        unlisted.join(", ")
+    )
 }
 
 /// What the Complete condition and the Succeeded Event say: how many files, and for each
@@ -1090,14 +1154,30 @@ spec:
             ready_outputs: not_made.outputs.clone(),
             ..RecordingJobStatus::default()
         });
-        let job = job("rec-1", "job-uid", "{active: 1}");
         let p = pod(
             "rec-1-a",
             "job-uid",
             "Running",
             "{running: {startedAt: '2026-01-01T10:00:05Z'}}",
         );
-        let running = derive_status(&view, Some(&job), &[&p], None, &Admission::Admitted, now());
+        // The Job says whether its worker makes a mixdown.
+        let worker_job = |composite: bool| {
+            let mut j = job("rec-1", "job-uid", "{active: 1}");
+            j.annotations_mut().insert(
+                mixdown_crds::names::annotations::COMPOSITE.into(),
+                composite.to_string(),
+            );
+            j
+        };
+        assert!(crate::job::makes_mixdown(&worker_job(true)));
+        let running = derive_status(
+            &view,
+            Some(&worker_job(true)),
+            &[&p],
+            None,
+            &Admission::Admitted,
+            now(),
+        );
         assert_eq!(running.phase, Some(Phase::Running));
         let mixing = condition(&running, "MixdownReady").expect("MixdownReady");
         assert_eq!(
@@ -1108,6 +1188,18 @@ spec:
             running.ready_outputs.is_empty(),
             "readyOutputs are the worker's to write"
         );
+        // Without a mixdown, the worker's last write lists the files too: nothing is mixing.
+        assert!(!crate::job::makes_mixdown(&worker_job(false)));
+        let plain = derive_status(
+            &view,
+            Some(&worker_job(false)),
+            &[&p],
+            None,
+            &Admission::Admitted,
+            now(),
+        );
+        assert_eq!(plain.phase, Some(Phase::Running));
+        assert!(condition(&plain, "MixdownReady").is_none(), "{plain:#?}");
     }
 
     #[test]
@@ -1774,5 +1866,123 @@ spec:
 
     fn job_fixture_active() -> Job {
         job("rec-1", "job-uid", PENDING_JOB)
+    }
+
+    #[test]
+    fn files_a_full_report_left_out_come_from_the_workers_ready_outputs() {
+        const THREE: &str = r#"
+metadata: {name: rec-1, namespace: studio, uid: rj-uid, generation: 1}
+spec:
+  roomId: room1
+  recordingId: r1
+  tracks:
+  - {participantId: alice, source: {prefix: c/alice/, chunkCount: 3}}
+  - {participantId: bob, source: {prefix: c/bob/, chunkCount: 3}}
+  - {participantId: carol, source: {prefix: c/carol/, chunkCount: 3}}
+  output: {prefix: out/}
+"#;
+        let file = |id: &str, size: i64| mixdown_crds::RecordingOutput {
+            participant_id: id.into(),
+            key: format!("out/{id}.mp4"),
+            size_bytes: size,
+            duration_seconds: 3.0,
+            sealed: true,
+            chunks: Some(3),
+            kind: mixdown_crds::OutputKind::Track,
+            left_out: None,
+        };
+        let mixdown = mixdown_crds::RecordingOutput {
+            kind: mixdown_crds::OutputKind::Mixdown,
+            participant_id: String::new(),
+            key: "out/mixdown.mp4".into(),
+            size_bytes: 9,
+            duration_seconds: 3.0,
+            sealed: true,
+            chunks: None,
+            left_out: None,
+        };
+        let ready =
+            serde_json::to_string(&[file("alice", 1), file("bob", 2), file("carol", 3)]).unwrap();
+        let with_ready = recording_job(&format!("{THREE}status: {{readyOutputs: {ready}}}\n"));
+        let without = recording_job(THREE);
+        let ids = |outputs: &[mixdown_crds::RecordingOutput]| -> Vec<(String, i64)> {
+            outputs
+                .iter()
+                .map(|o| (o.key.clone(), o.size_bytes))
+                .collect()
+        };
+        let keys = |list: &[(&str, i64)]| -> Vec<(String, i64)> {
+            list.iter().map(|(k, s)| (k.to_string(), *s)).collect()
+        };
+        /// The name, the RecordingJob, the report's outputs, what is listed, what is not.
+        type Row<'a> = (
+            &'a str,
+            &'a RecordingJob,
+            Vec<mixdown_crds::RecordingOutput>,
+            Vec<(&'a str, i64)>,
+            Vec<&'a str>,
+        );
+        let rows: Vec<Row> = vec![
+            (
+                "a report with every file: as reported, mixdown first",
+                &without,
+                vec![
+                    file("alice", 1),
+                    file("bob", 2),
+                    mixdown.clone(),
+                    file("carol", 3),
+                ],
+                vec![
+                    ("out/mixdown.mp4", 9),
+                    ("out/alice.mp4", 1),
+                    ("out/bob.mp4", 2),
+                    ("out/carol.mp4", 3),
+                ],
+                vec![],
+            ),
+            (
+                "files the report left out come from readyOutputs, in the spec's order",
+                &with_ready,
+                vec![mixdown.clone(), file("carol", 3)],
+                vec![
+                    ("out/mixdown.mp4", 9),
+                    ("out/alice.mp4", 1),
+                    ("out/bob.mp4", 2),
+                    ("out/carol.mp4", 3),
+                ],
+                vec![],
+            ),
+            (
+                "the report's entry wins over readyOutputs",
+                &with_ready,
+                vec![file("alice", 10), file("bob", 20), file("carol", 30)],
+                vec![
+                    ("out/alice.mp4", 10),
+                    ("out/bob.mp4", 20),
+                    ("out/carol.mp4", 30),
+                ],
+                vec![],
+            ),
+            (
+                "left out and no readyOutputs: named, never silently missing",
+                &without,
+                vec![mixdown.clone(), file("bob", 2)],
+                vec![("out/mixdown.mp4", 9), ("out/bob.mp4", 2)],
+                vec!["alice", "carol"],
+            ),
+        ];
+        for (name, rj, report, listed, unlisted) in rows {
+            let (outputs, missing) = listed_outputs(rj, report);
+            assert_eq!(ids(&outputs), keys(&listed), "{name}");
+            assert_eq!(missing, unlisted, "{name}");
+            assert_eq!(misses_files(rj, &outputs), !unlisted.is_empty(), "{name}");
+        }
+        let note = unlisted_note(&["alice".into(), "carol".into()]);
+        assert!(
+            note.contains("2 participant file(s) not listed in outputs (alice, carol)"),
+            "{note}"
+        );
+        assert!(note.contains("manifest.json"), "{note}");
+        assert_eq!(unlisted_note(&[]), "");
     }
 }

@@ -1107,3 +1107,106 @@ async fn a_failed_recording_job_is_retried_by_annotation_after_the_cause_is_fixe
         .collect();
     assert_eq!(uids.len(), 2, "no Job for a refused retry");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_room_of_32_lists_every_file_though_the_termination_message_holds_only_some() {
+    let world = World::new(&[]).await;
+    let _operator = world.operator(WORKER_IMAGE, &[]);
+    let chunks = recording(3, "160x120").await;
+    let n = chunks.len();
+    let participants: Vec<String> = (0..32)
+        .map(|i| format!("participant-{i:02}-with-a-long-name"))
+        .collect();
+    let mut prefixes = Vec::new();
+    for participant in &participants {
+        prefixes.push(
+            world
+                .upload_track("room1", "rec32", participant, &chunks, &[])
+                .await,
+        );
+    }
+    let tracks: Vec<(&str, &str, usize)> = participants
+        .iter()
+        .zip(&prefixes)
+        .map(|(p, prefix)| (p.as_str(), prefix.as_str(), n))
+        .collect();
+    world
+        .create_rj(
+            "rec-32",
+            spec(
+                "room1",
+                "rec32",
+                &tracks,
+                serde_json::json!({"output": {"prefix": "riverside/processed/room1/rec32/", "profile": "webm", "composite": false}}),
+            ),
+        )
+        .await;
+    let rj = world
+        .wait_rj("rec-32", LONG, "finished", |s| {
+            s.phase.is_some_and(Phase::is_finished)
+        })
+        .await;
+    let status = rj.status.expect("status");
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:#?}");
+
+    // The worker's report did not hold every file...
+    let pods: Api<Pod> = Api::namespaced(world.client.clone(), world.namespace());
+    let pod = pods
+        .list(&ListParams::default().labels("mixdown.dev/recording-job=rec-32"))
+        .await
+        .expect("listing Pods")
+        .items
+        .into_iter()
+        .next()
+        .expect("the worker Pod");
+    let message = pod
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c.into_iter().next())
+        .and_then(|c| c.state)
+        .and_then(|s| s.terminated)
+        .and_then(|t| t.message)
+        .expect("a termination message");
+    let report: serde_json::Value = serde_json::from_str(&message).expect("the report parses");
+    let reported = report["outputs"].as_array().expect("outputs").len();
+    assert!(reported < 32, "{reported} outputs in the report: {message}");
+
+    // ...and the status lists all 32, in the spec's order, each as stored.
+    let listed: Vec<&str> = status
+        .outputs
+        .iter()
+        .map(|o| o.participant_id.as_str())
+        .collect();
+    assert_eq!(listed, participants, "{status:#?}");
+    let stored = world.keys("riverside/processed/room1/rec32/").await;
+    for output in &status.outputs {
+        assert!(stored.contains(&output.key), "{} not stored", output.key);
+        assert!(
+            output.size_bytes > 0 && (output.duration_seconds - 3.0).abs() < 1.0,
+            "{output:?}"
+        );
+    }
+    let complete = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Complete")
+        .expect("Complete");
+    assert!(
+        complete
+            .message
+            .starts_with("32 output(s) written and verified"),
+        "{}",
+        complete.message
+    );
+    assert!(
+        !complete.message.contains("not listed"),
+        "{}",
+        complete.message
+    );
+    // Nothing was said to be mixing in a recording without a mixdown.
+    assert!(
+        status.conditions.iter().all(|c| c.type_ != "MixdownReady"),
+        "{status:#?}"
+    );
+    assert!(world.keys("riverside/chunks/room1/rec32/").await.is_empty());
+}
