@@ -776,6 +776,20 @@ mod tests {
             ],
             ..status(Some(Phase::Succeeded))
         };
+        let unlisted_message = format!(
+            "1 output(s) written and verified{}",
+            crate::status::unlisted_note(&["bob".into()])
+        );
+        let unlisted = RecordingJobStatus {
+            outputs: vec![output(true)],
+            conditions: vec![condition(
+                conditions::COMPLETE,
+                "True",
+                reasons::COMPLETED,
+                &unlisted_message,
+            )],
+            ..status(Some(Phase::Succeeded))
+        };
 
         /// (transition, previous, desired, Job created, Events said).
         type Row<'a> = (
@@ -883,6 +897,13 @@ mod tests {
                     "Succeeded",
                     &capitalize(&completion_message(&unsealed.outputs, None)),
                 )],
+            ),
+            (
+                "succeeded with a file the status cannot list: a warning naming it",
+                &running,
+                &unlisted,
+                None,
+                vec![row("Warning", "Succeeded", &capitalize(&unlisted_message))],
             ),
             (
                 "succeeded without its mixdown: a warning, and why",
