@@ -721,9 +721,6 @@ async fn a_worker_pod_that_cannot_start_says_why_and_gives_its_slot_up_at_the_st
             one_track("stuck", serde_json::json!({"startTimeoutSeconds": 12})),
         )
         .await;
-    world
-        .create_rj("next", one_track("next", serde_json::json!({})))
-        .await;
     let rj = world
         .wait_rj("stuck", Duration::from_secs(20), "the cause named", |s| {
             s.reason.as_deref() == Some("CreateContainerConfigError")
@@ -748,7 +745,11 @@ async fn a_worker_pod_that_cannot_start_says_why_and_gives_its_slot_up_at_the_st
     );
     let notes = warnings(&world, "stuck", "CreateContainerConfigError", 1).await;
     assert!(notes[0].contains(common::CREDENTIALS_SECRET), "{notes:?}");
-    // The one slot is taken: the next RecordingJob waits.
+    // The one slot is taken: the next RecordingJob waits. (It is created once the first holds
+    // the slot: two created in the same second are queued by name, and "next" sorts first.)
+    world
+        .create_rj("next", one_track("next", serde_json::json!({})))
+        .await;
     world
         .wait_rj("next", Duration::from_secs(20), "Queued", |s| {
             s.phase == Some(Phase::Queued)
