@@ -500,10 +500,9 @@ pub fn listed_outputs(
     let mut unlisted = Vec::new();
     for track in &rj.spec.tracks {
         let id = &track.participant_id;
-        let found = |o: &mixdown_crds::RecordingOutput| !o.is_mixdown() && o.participant_id == *id;
-        if let Some(index) = tracks.iter().position(found) {
+        if let Some(index) = tracks.iter().position(|o| is_file_of(o, id)) {
             listed.push(tracks.remove(index));
-        } else if let Some(output) = ready.iter().find(|o| found(o)) {
+        } else if let Some(output) = ready.iter().find(|o| is_file_of(o, id)) {
             listed.push(output.clone());
         } else {
             unlisted.push(id.clone());
@@ -516,11 +515,15 @@ pub fn listed_outputs(
 
 /// Whether `outputs` lack a file of some track of `rj`.
 pub fn misses_files(rj: &RecordingJob, outputs: &[mixdown_crds::RecordingOutput]) -> bool {
-    rj.spec.tracks.iter().any(|t| {
-        !outputs
-            .iter()
-            .any(|o| !o.is_mixdown() && o.participant_id == t.participant_id)
-    })
+    rj.spec
+        .tracks
+        .iter()
+        .any(|t| !outputs.iter().any(|o| is_file_of(o, &t.participant_id)))
+}
+
+/// Whether `output` is the file of participant `id`'s track.
+fn is_file_of(output: &mixdown_crds::RecordingOutput, id: &str) -> bool {
+    !output.is_mixdown() && output.participant_id == id
 }
 
 /// Words of the Complete condition when some participants' files are not listed.
@@ -1169,15 +1172,12 @@ spec:
             );
             j
         };
-        assert!(crate::job::makes_mixdown(&worker_job(true)));
-        let running = derive_status(
-            &view,
-            Some(&worker_job(true)),
-            &[&p],
-            None,
-            &Admission::Admitted,
-            now(),
-        );
+        let running_under = |composite: bool| {
+            let job = worker_job(composite);
+            assert_eq!(crate::job::makes_mixdown(&job), composite);
+            derive_status(&view, Some(&job), &[&p], None, &Admission::Admitted, now())
+        };
+        let running = running_under(true);
         assert_eq!(running.phase, Some(Phase::Running));
         let mixing = condition(&running, "MixdownReady").expect("MixdownReady");
         assert_eq!(
@@ -1189,15 +1189,7 @@ spec:
             "readyOutputs are the worker's to write"
         );
         // Without a mixdown, the worker's last write lists the files too: nothing is mixing.
-        assert!(!crate::job::makes_mixdown(&worker_job(false)));
-        let plain = derive_status(
-            &view,
-            Some(&worker_job(false)),
-            &[&p],
-            None,
-            &Admission::Admitted,
-            now(),
-        );
+        let plain = running_under(false);
         assert_eq!(plain.phase, Some(Phase::Running));
         assert!(condition(&plain, "MixdownReady").is_none(), "{plain:#?}");
     }
