@@ -287,25 +287,7 @@ async fn ready_outputs_are_applied_before_the_mixdown_and_kept_by_every_later_pa
     job["composite"] = json!(true);
 
     // (progress, readyOutputs) as the status shows them while the worker runs.
-    let seen = Arc::new(Mutex::new(Vec::<(i32, usize)>::new()));
-    let watcher = tokio::spawn({
-        let (jobs, seen) = (jobs.clone(), seen.clone());
-        async move {
-            loop {
-                if let Ok(job) = jobs.get(name).await
-                    && let Some(status) = job.status
-                    && let Some(progress) = status.progress
-                {
-                    let now = (progress, status.ready_outputs.len());
-                    let mut seen = seen.lock().expect("not poisoned");
-                    if seen.last() != Some(&now) {
-                        seen.push(now);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    });
+    let (watcher, seen) = watch_progress_and_ready(&jobs, name);
     let kubeconfig = kubeconfig.to_string_lossy().into_owned();
     let run = run_worker(
         &server,
@@ -418,25 +400,7 @@ async fn a_large_rooms_last_write_lists_every_file_the_report_has_no_room_for() 
     assert_ne!(job["composite"], json!(true), "no mixdown in this job");
 
     // (progress, readyOutputs) as the status shows them while the worker runs.
-    let seen = Arc::new(Mutex::new(Vec::<(i32, usize)>::new()));
-    let watcher = tokio::spawn({
-        let (jobs, seen) = (jobs.clone(), seen.clone());
-        async move {
-            loop {
-                if let Ok(job) = jobs.get(name).await
-                    && let Some(status) = job.status
-                    && let Some(progress) = status.progress
-                {
-                    let now = (progress, status.ready_outputs.len());
-                    let mut seen = seen.lock().expect("not poisoned");
-                    if seen.last() != Some(&now) {
-                        seen.push(now);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    });
+    let (watcher, seen) = watch_progress_and_ready(&jobs, name);
     let kubeconfig = kubeconfig.to_string_lossy().into_owned();
     let run = run_worker(
         &server,
@@ -503,4 +467,35 @@ async fn a_large_rooms_last_write_lists_every_file_the_report_has_no_room_for() 
     );
     assert_eq!(seen.last(), Some(&(100, participants.len())), "{seen:?}");
     Ok(())
+}
+
+/// Each (progress, number of readyOutputs) a watcher saw, in order.
+type Seen = Arc<Mutex<Vec<(i32, usize)>>>;
+
+/// Polls RecordingJob `name` every 50 ms until aborted, recording each new (progress, number of
+/// readyOutputs) the status shows.
+fn watch_progress_and_ready(
+    jobs: &Api<RecordingJob>,
+    name: &'static str,
+) -> (tokio::task::JoinHandle<()>, Seen) {
+    let seen = Seen::default();
+    let watcher = tokio::spawn({
+        let (jobs, seen) = (jobs.clone(), seen.clone());
+        async move {
+            loop {
+                if let Ok(job) = jobs.get(name).await
+                    && let Some(status) = job.status
+                    && let Some(progress) = status.progress
+                {
+                    let now = (progress, status.ready_outputs.len());
+                    let mut seen = seen.lock().expect("not poisoned");
+                    if seen.last() != Some(&now) {
+                        seen.push(now);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    (watcher, seen)
 }
